@@ -1,0 +1,1 @@
+"""The asyncio shell: terminal listener, acquirer links, timers."""

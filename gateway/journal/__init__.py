@@ -1,0 +1,1 @@
+"""The journal: the durable source of truth for authorizations and owed reversals."""

@@ -1,0 +1,1 @@
+"""Captured traffic: read pcap/pcapng, replay it, compare."""

@@ -1,0 +1,1 @@
+"""The wire: framing, dialects and the codec. Pure functions and classes, no I/O."""

@@ -1,0 +1,66 @@
+"""Shared fixtures: where the vectors are, and which real services this machine has."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VECTORS = Path(os.environ.get("GATEWAY_VECTORS", REPO.parent / "shared" / "vectors"))
+
+
+def services_required() -> bool:
+    """In CI (.ci/run) a missing service fails the run instead of skipping."""
+    return os.environ.get("GATEWAY_REQUIRE_SERVICES") == "1"
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def need_service(name: str, host: str, port: int) -> None:
+    """Skip (or fail in CI) when a real service this test talks to is not running."""
+    if port_open(host, port):
+        return
+    reason = f"{name} is not running on {host}:{port}"
+    if services_required():
+        pytest.fail(f"{reason} (GATEWAY_REQUIRE_SERVICES=1)")
+    pytest.skip(reason)
+
+
+def need_tool(path: str | None, name: str) -> str:
+    """Skip (or fail in CI) when an external tool such as tshark or promtool is missing."""
+    if path:
+        return path
+    reason = f"{name} is not installed"
+    if services_required():
+        pytest.fail(f"{reason} (GATEWAY_REQUIRE_SERVICES=1; .ci/run installs it)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def vectors() -> Path:
+    if not VECTORS.is_dir():
+        if services_required():
+            pytest.fail(f"test vectors not found at {VECTORS}")
+        pytest.skip(f"test vectors not found at {VECTORS} (set GATEWAY_VECTORS)")
+    return VECTORS
+
+
+@pytest.fixture
+def mosquitto() -> tuple[str, int]:
+    need_service("Mosquitto (MQTT)", "127.0.0.1", 1883)
+    return ("127.0.0.1", 1883)
+
+
+@pytest.fixture
+def postgres_dsn() -> str:
+    need_service("PostgreSQL", "127.0.0.1", 5432)
+    return "postgresql://postgres@127.0.0.1:5432/test"

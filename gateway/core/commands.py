@@ -1,0 +1,81 @@
+"""What the core asks the shell to do, in order.
+
+The shell's one ordering promise: a send to the acquirer goes out only after every ``Persist``
+emitted before it is durable in the journal ("journal before you send"). Sends to terminals and
+notifications do not wait.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.core.records import AuthorizationRecord, ReversalRecord
+from gateway.wire.framing import Frame
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Store this snapshot in the journal (it supersedes earlier snapshots of the same id)."""
+
+    record: AuthorizationRecord | ReversalRecord
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardToAcquirer:
+    """Write these bytes to this link, with the given fields re-encoded (STAN rewrite)."""
+
+    link_id: int
+    frame: Frame
+    replace: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SendToAcquirer:
+    """Encode a message the gateway built itself (a reversal) and write it to this link."""
+
+    link_id: int
+    mti: str
+    fields: Mapping[str, str]
+    tpdu: bytes = b""
+    header: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardToTerminal:
+    """Write an acquirer's response to a terminal, fields re-encoded where given.
+
+    With ``delivery_ref`` set the shell reports a DeliveryResult once the write succeeded or
+    failed (an approval that cannot be delivered must be reversed).
+    """
+
+    conn_id: int
+    frame: Frame
+    replace: Mapping[str, str] = field(default_factory=dict)
+    delivery_ref: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyToTerminal:
+    """Encode a response the gateway makes itself (decline 91, cached duplicate, local 0410)."""
+
+    conn_id: int
+    mti: str
+    fields: Mapping[str, str]
+    tpdu: bytes = b""
+    header: bytes = b""
+    delivery_ref: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Notify:
+    """News for logs, metrics and MQTT. ``data`` never holds a full PAN or sensitive field."""
+
+    kind: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+Command = (
+    Persist | ForwardToAcquirer | SendToAcquirer | ForwardToTerminal | ReplyToTerminal | Notify
+)

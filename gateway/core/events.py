@@ -1,0 +1,88 @@
+"""What the shell tells the core. Every event is handled with the current (wall-clock) time.
+
+``fields`` carry only the data elements the core needs, already extracted by the shell with
+the codec's fast scanner (see ``CORE_FIELDS``); the message itself travels as the opaque
+``frame`` so it can be forwarded byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.wire.framing import Frame
+
+# Data elements the shell extracts for the core: MTI-independent keys, what a reversal copies,
+# DE 35 only to derive the PAN of a track-only original (never stored), DE 38/39 of responses,
+# DE 90 of terminal reversals. The dialect's match/duplicate/copy fields are added to these.
+CORE_FIELDS: tuple[str, ...] = (
+    "2", "3", "4", "7", "11", "12", "13", "14", "18", "22", "25", "32", "33",
+    "35", "37", "38", "39", "41", "42", "49", "90",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalRequest:
+    """A terminal sent a request (any MTI that is not a response)."""
+
+    conn_id: int
+    mti: str
+    fields: Mapping[str, str]
+    frame: Frame
+
+
+@dataclass(frozen=True, slots=True)
+class AcquirerResponse:
+    """A response (or any message the link did not consume itself) came from the acquirer."""
+
+    link_id: int
+    mti: str
+    fields: Mapping[str, str]
+    frame: Frame
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    """An acquirer link is connected (and signed on where the dialect wants it)."""
+
+    link_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    """An acquirer link broke: whatever was written to it and not answered is lost."""
+
+    link_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalClosed:
+    """A terminal connection is gone. Its pending requests still belong to the core."""
+
+    conn_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """Outcome of a SendToTerminal that asked for it (``delivery_ref`` set)."""
+
+    delivery_ref: int
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReversalRequeued:
+    """An operator put a failed reversal back in the queue (`iso-gateway saf retry`)."""
+
+    reversal_id: int
+
+
+Event = (
+    TerminalRequest
+    | AcquirerResponse
+    | LinkUp
+    | LinkDown
+    | TerminalClosed
+    | DeliveryResult
+    | ReversalRequeued
+)

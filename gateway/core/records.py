@@ -64,7 +64,8 @@ class AuthorizationRecord:
     approval_code: str | None = None  # DE 38 of the acquirer's answer
     tpdu: bytes = b""  # frame envelope of the original, reused for its reversal
     header: bytes = b""
-    reversal_fields: Mapping[str, str] = field(default_factory=dict)
+    # repr=False: a record's repr must never print the PAN it carries.
+    reversal_fields: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,6 @@ class ReversalRecord:
     attempts: int = 0
     next_attempt_at: float | None = None
     last_response_code: str | None = None
-    fields: Mapping[str, str] = field(default_factory=dict)  # the reversal's data elements
+    fields: Mapping[str, str] = field(default_factory=dict, repr=False)  # the reversal's DEs
     tpdu: bytes = b""
     header: bytes = b""

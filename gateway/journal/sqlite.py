@@ -1,0 +1,705 @@
+"""The SQLite journal: one file in WAL mode, group commit on one writer thread.
+
+Threads and connections:
+
+- ``put`` runs on the event loop. It turns the snapshot into a row and drops it into the
+  pending batch (a dict keyed by id, so a later snapshot of the same id replaces an earlier
+  one) under a lock held for a few dictionary operations. It never touches the database.
+- One writer thread owns the writing connection. It takes everything pending, upserts it in one
+  transaction and commits, then reports the committed sequence number to the event loop with
+  ``call_soon_threadsafe``. While a commit runs, new puts pile up into the next batch, so the
+  batch size follows the load without any timer.
+- Reads and operator writes (recovery, ``saf list``/``saf retry``, pruning) use a second
+  connection in a worker thread (``asyncio.to_thread``); several processes may open the same
+  file (the gateway and the CLI). Every write transaction is ``BEGIN IMMEDIATE`` so that lock
+  waits go through the busy timeout instead of failing.
+
+Durability: WAL with ``synchronous=NORMAL`` survives a crash of the process (``process``);
+``synchronous=FULL`` fsyncs every commit and also survives a power loss (``power``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from gateway.core.records import (
+    OPEN_AUTH_STATES,
+    OPEN_REVERSAL_STATES,
+    AuthorizationRecord,
+    ReversalRecord,
+    ReversalState,
+)
+from gateway.journal.base import (
+    DONE_AUTH_STATES,
+    DONE_REVERSAL_STATES,
+    DURABILITIES,
+    CommitListener,
+    CommitStats,
+    Durability,
+    ErrorListener,
+    JournalClosedError,
+    JournalSchemaError,
+    JournalWriteError,
+    NextIds,
+    Record,
+    StatsListener,
+    check_no_sensitive_fields,
+)
+from gateway.journal.rows import (
+    AUTH_COLUMNS,
+    REVERSAL_COLUMNS,
+    Row,
+    auth_from_row,
+    auth_row,
+    reversal_from_row,
+    reversal_row,
+)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS authorizations (
+        txn_id INTEGER PRIMARY KEY,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        mti TEXT NOT NULL,
+        terminal_id TEXT,
+        stan TEXT,
+        acquirer_stan TEXT,
+        rrn TEXT,
+        amount TEXT,
+        response_code TEXT,
+        approval_code TEXT,
+        tpdu BLOB NOT NULL,
+        header BLOB NOT NULL,
+        reversal_fields TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS reversals (
+        reversal_id INTEGER PRIMARY KEY,
+        txn_id INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        mti TEXT NOT NULL,
+        stan TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt_at REAL,
+        last_response_code TEXT,
+        fields TEXT NOT NULL,
+        tpdu BLOB NOT NULL,
+        header BLOB NOT NULL
+    )""",
+    # Operator retries waiting for the running gateway to pick them up (take_requeued).
+    "CREATE TABLE IF NOT EXISTS requeued (reversal_id INTEGER PRIMARY KEY, requested_at REAL)",
+    # Recovery reads open states; pruning reads completed states by age.
+    "CREATE INDEX IF NOT EXISTS authorizations_state ON authorizations (state, updated_at)",
+    "CREATE INDEX IF NOT EXISTS reversals_state ON reversals (state, updated_at)",
+)
+
+# Meta keys the journal keeps for itself; put_meta refuses them.
+_SCHEMA_KEY = "schema_version"
+_TXN_HIGH_KEY = "txn_id_high"  # highest txn_id ever stored (survives pruning)
+_REVERSAL_HIGH_KEY = "reversal_id_high"
+RESERVED_META_KEYS = frozenset({_SCHEMA_KEY, _TXN_HIGH_KEY, _REVERSAL_HIGH_KEY})
+
+
+def _upsert(table: str, columns: tuple[str, ...]) -> str:
+    key, rest = columns[0], columns[1:]
+    updates = ", ".join(f"{c} = excluded.{c}" for c in rest)
+    marks = ", ".join("?" for _ in columns)
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) "
+        f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
+    )
+
+
+_UPSERT_AUTH = _upsert("authorizations", AUTH_COLUMNS)
+_UPSERT_REVERSAL = _upsert("reversals", REVERSAL_COLUMNS)
+_UPSERT_META = (
+    "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = "
+    "excluded.value"
+)
+_SELECT_AUTH = f"SELECT {', '.join(AUTH_COLUMNS)} FROM authorizations"
+_SELECT_REVERSAL = f"SELECT {', '.join(REVERSAL_COLUMNS)} FROM reversals"
+
+# A commit that fails is retried with growing pauses; at close, after this many tries in a
+# row the writer gives up and close() raises.
+_RETRY_PAUSES = (0.01, 0.05, 0.2, 1.0)
+_TRIES_AT_CLOSE = 3
+
+_T = TypeVar("_T")
+
+
+def _marks(count: int) -> str:
+    return ", ".join("?" for _ in range(count))
+
+
+class SqliteJournal:
+    """The default journal backend. See the module docstring for the threading model."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: Durability = "process",
+        busy_timeout: float = 5.0,
+        on_stats: StatsListener | None = None,
+        on_error: ErrorListener | None = None,
+    ) -> None:
+        if durability not in DURABILITIES:
+            raise ValueError(f"journal durability must be 'process' or 'power', not {durability!r}")
+        self.path = Path(path)
+        self.durability: Durability = durability
+        self.busy_timeout = busy_timeout
+        self.on_stats = on_stats
+        self.on_error = on_error
+
+        # Shared with the writer thread, guarded by _lock.
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._auths: dict[int, Row] = {}
+        self._reversals: dict[int, Row] = {}
+        self._meta: dict[str, str] = {}
+        self._pending_puts = 0
+        self._seq = 0
+        self._closing = False
+
+        # Event loop side only.
+        self._state = "new"  # new -> running -> closing -> closed
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._writer_done: asyncio.Future[None] | None = None
+        self._committed_seq = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._listeners: list[CommitListener] = []
+        self._fatal: JournalWriteError | None = None
+
+        # Metrics, read by the ops layer (updated on the event loop thread).
+        self.last_stats: CommitStats | None = None
+        self.commits = 0
+        self.records_written = 0
+        self.commit_errors = 0
+        self.rejected = 0  # puts refused (sensitive fields)
+        self.last_error: BaseException | None = None
+
+        # The side connection for reads and operator writes, used from worker threads.
+        self._side: sqlite3.Connection | None = None
+        self._side_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return (
+            f"SqliteJournal({str(self.path)!r}, durability={self.durability!r}, "
+            f"state={self._state!r}, seq={self._seq}, committed={self._committed_seq})"
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._state != "new":
+            raise JournalClosedError(f"journal {self.path} was already started")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        opened: asyncio.Future[None] = loop.create_future()
+        self._writer_done = loop.create_future()
+        self._thread = threading.Thread(
+            target=self._writer_main, args=(opened,), name="journal-writer", daemon=True
+        )
+        self._thread.start()
+        await opened
+        self._state = "running"
+
+    async def close(self) -> None:
+        """Write everything pending, stop the writer, close both connections.
+
+        Raises :class:`JournalWriteError` when the last batches could not be written.
+        """
+        if self._state in ("closing", "closed"):
+            return
+        started = self._state == "running"
+        self._state = "closing"
+        try:
+            if started:
+                with self._lock:
+                    self._closing = True
+                    self._wake.notify()
+                assert self._writer_done is not None
+                await self._writer_done
+        finally:
+            self._state = "closed"
+            await asyncio.to_thread(self._close_side)
+        if self._fatal is not None:
+            raise self._fatal
+
+    # -- the hot path ------------------------------------------------------------------------
+
+    @property
+    def committed_seq(self) -> int:
+        return self._committed_seq
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    def put(self, record: Record) -> int:
+        if self._state != "running":
+            raise JournalClosedError(f"journal {self.path} is {self._state}: cannot put")
+        try:
+            check_no_sensitive_fields(record)
+        except Exception:
+            self.rejected += 1
+            raise
+        if isinstance(record, AuthorizationRecord):
+            row = auth_row(record)
+            with self._lock:
+                self._auths[record.txn_id] = row
+                return self._queued()
+        row = reversal_row(record)
+        with self._lock:
+            self._reversals[record.reversal_id] = row
+            return self._queued()
+
+    def put_meta(self, key: str, value: str) -> int:
+        if self._state != "running":
+            raise JournalClosedError(f"journal {self.path} is {self._state}: cannot put")
+        if key in RESERVED_META_KEYS:
+            raise ValueError(f"meta key {key!r} belongs to the journal itself")
+        with self._lock:
+            self._meta[key] = str(value)
+            return self._queued()
+
+    def _queued(self) -> int:
+        """Count a put and wake the writer. Called with _lock held."""
+        self._seq += 1
+        self._pending_puts += 1
+        self._wake.notify()
+        return self._seq
+
+    def on_commit(self, listener: CommitListener) -> Callable[[], None]:
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    async def flush(self) -> None:
+        target = self._seq
+        if self._committed_seq >= target:
+            return
+        if self._fatal is not None:
+            raise self._fatal
+        if self._state not in ("running", "closing") or self._loop is None:
+            raise JournalClosedError(f"journal {self.path} is {self._state}: cannot flush")
+        waiter = self._loop.create_future()
+        self._waiters.append((target, waiter))
+        await waiter
+
+    # -- the writer thread -------------------------------------------------------------------
+
+    def _writer_main(self, opened: asyncio.Future[None]) -> None:
+        try:
+            conn = self._connect()
+        except BaseException as exc:
+            self._post(_settle, opened, None, exc)
+            self._post(_settle, self._writer_done, None, None)
+            return
+        self._post(_settle, opened, None, None)
+        try:
+            self._write_batches(conn)
+        finally:
+            conn.close()
+            self._post(_settle, self._writer_done, None, None)
+
+    def _write_batches(self, conn: sqlite3.Connection) -> None:
+        failures = 0
+        while True:
+            with self._wake:
+                while not self._pending_puts and not self._closing:
+                    self._wake.wait()
+                if not self._pending_puts:
+                    return  # closing, and everything is written
+                auths, reversals, meta = self._auths, self._reversals, self._meta
+                puts, seq = self._pending_puts, self._seq
+                self._auths, self._reversals, self._meta = {}, {}, {}
+                self._pending_puts = 0
+                closing = self._closing
+            started = time.perf_counter()
+            try:
+                _write(conn, auths, reversals, meta)
+            except Exception as exc:
+                failures += 1
+                self._put_back(auths, reversals, meta, puts)
+                self._post(self._failed, exc)
+                if closing and failures >= _TRIES_AT_CLOSE:
+                    with self._lock:
+                        unwritten = self._pending_puts
+                    error = JournalWriteError(
+                        f"journal {self.path}: gave up writing at close after {failures} "
+                        f"failed commits ({type(exc).__name__}: {exc})",
+                        unwritten,
+                    )
+                    self._post(self._give_up, error)
+                    return
+                time.sleep(_RETRY_PAUSES[min(failures, len(_RETRY_PAUSES)) - 1])
+                continue
+            failures = 0
+            latency = time.perf_counter() - started
+            records = len(auths) + len(reversals) + len(meta)
+            self._post(self._committed, CommitStats(seq, records, puts, latency))
+
+    def _put_back(
+        self,
+        auths: dict[int, Row],
+        reversals: dict[int, Row],
+        meta: dict[str, str],
+        puts: int,
+    ) -> None:
+        """Return a batch that failed to the pending one; snapshots put since then win."""
+        with self._lock:
+            self._auths = auths | self._auths
+            self._reversals = reversals | self._reversals
+            self._meta = meta | self._meta
+            self._pending_puts += puts
+
+    def _post(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run ``callback`` on the event loop (skipped once the loop is gone)."""
+        if self._loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # loop closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    # -- commit reports, on the event loop thread ----------------------------------------------
+
+    def _committed(self, stats: CommitStats) -> None:
+        self._committed_seq = stats.seq
+        self.last_stats = stats
+        self.commits += 1
+        self.records_written += stats.records
+        for listener in list(self._listeners):
+            self._call(listener, stats.seq)
+        while self._waiters and self._waiters[0][0] <= stats.seq:
+            _, waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+        if self.on_stats is not None:
+            self._call(self.on_stats, stats)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.commit_errors += 1
+        self.last_error = exc
+        if self.on_error is not None:
+            self._call(self.on_error, exc)
+
+    def _give_up(self, error: JournalWriteError) -> None:
+        self._fatal = error
+        while self._waiters:
+            _, waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+
+    def _call(self, callback: Callable[[Any], None], arg: Any) -> None:
+        """A failing listener must not stop the others or the flush waiters."""
+        try:
+            callback(arg)
+        except Exception as exc:
+            assert self._loop is not None
+            self._loop.call_exception_handler(
+                {"message": f"journal commit listener {callback!r} failed", "exception": exc}
+            )
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        _create_private_file(self.path)
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout,
+            isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
+            check_same_thread=False,  # the side connection moves between worker threads
+        )
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise JournalSchemaError(f"journal {self.path}: cannot use WAL mode ({mode})")
+            synchronous = "FULL" if self.durability == "power" else "NORMAL"
+            conn.execute(f"PRAGMA synchronous={synchronous}")
+            # Deleted and overwritten rows (PANs of settled reversals) are zeroed in the file.
+            conn.execute("PRAGMA secure_delete=ON")
+            _ensure_schema(conn, self.path)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    async def _side_call(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        return await asyncio.to_thread(self._with_side, work)
+
+    def _with_side(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._side_lock:
+            if self._side is None:
+                self._side = self._connect()
+            return work(self._side)
+
+    def _close_side(self) -> None:
+        with self._side_lock:
+            if self._side is not None:
+                self._side.close()
+                self._side = None
+
+    # -- reads and operator writes -----------------------------------------------------------
+
+    async def load_open(self) -> tuple[list[AuthorizationRecord], list[ReversalRecord]]:
+        def work(conn: sqlite3.Connection) -> tuple[list[Row], list[Row]]:
+            auth_states = sorted(s.value for s in OPEN_AUTH_STATES)
+            reversal_states = sorted(s.value for s in OPEN_REVERSAL_STATES)
+            with _transaction(conn, "BEGIN"):  # one snapshot for both tables
+                auths = conn.execute(
+                    f"{_SELECT_AUTH} WHERE state IN ({_marks(len(auth_states))}) ORDER BY txn_id",
+                    auth_states,
+                ).fetchall()
+                reversals = conn.execute(
+                    f"{_SELECT_REVERSAL} WHERE state IN ({_marks(len(reversal_states))}) "
+                    "ORDER BY reversal_id",
+                    reversal_states,
+                ).fetchall()
+            return auths, reversals
+
+        auths, reversals = await self._side_call(work)
+        return [auth_from_row(r) for r in auths], [reversal_from_row(r) for r in reversals]
+
+    async def next_ids(self) -> NextIds:
+        def work(conn: sqlite3.Connection) -> NextIds:
+            with _transaction(conn, "BEGIN"):
+                txn = _highest(conn, "SELECT max(txn_id) FROM authorizations", _TXN_HIGH_KEY)
+                rev = _highest(conn, "SELECT max(reversal_id) FROM reversals", _REVERSAL_HIGH_KEY)
+            return NextIds(txn + 1, rev + 1)
+
+        return await self._side_call(work)
+
+    async def get_meta(self, key: str) -> str | None:
+        def work(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._side_call(work)
+
+    async def list_reversals(
+        self, states: Iterable[ReversalState] | None = None
+    ) -> list[ReversalRecord]:
+        wanted = None if states is None else sorted({ReversalState(s).value for s in states})
+
+        def work(conn: sqlite3.Connection) -> list[Row]:
+            if wanted is None:
+                return conn.execute(f"{_SELECT_REVERSAL} ORDER BY reversal_id").fetchall()
+            if not wanted:
+                return []
+            return conn.execute(
+                f"{_SELECT_REVERSAL} WHERE state IN ({_marks(len(wanted))}) ORDER BY reversal_id",
+                wanted,
+            ).fetchall()
+
+        return [reversal_from_row(r) for r in await self._side_call(work)]
+
+    async def requeue_failed(
+        self, reversal_ids: Iterable[int] | None = None, *, now: float | None = None
+    ) -> list[int]:
+        when = time.time() if now is None else now
+        wanted = None if reversal_ids is None else sorted({int(i) for i in reversal_ids})
+        failed = ReversalState.FAILED.value
+
+        def work(conn: sqlite3.Connection) -> list[int]:
+            with _transaction(conn, "BEGIN IMMEDIATE"):
+                if wanted is None:
+                    ids = [
+                        r[0]
+                        for r in conn.execute(
+                            "SELECT reversal_id FROM reversals WHERE state = ? "
+                            "ORDER BY reversal_id",
+                            (failed,),
+                        )
+                    ]
+                else:
+                    ids = [
+                        i
+                        for i in wanted
+                        if conn.execute(
+                            "SELECT 1 FROM reversals WHERE reversal_id = ? AND state = ?",
+                            (i, failed),
+                        ).fetchone()
+                    ]
+                # Due at once, with a fresh attempt budget; the old response code stays as
+                # history until the next attempt replaces it.
+                conn.executemany(
+                    "UPDATE reversals SET state = ?, attempts = 0, next_attempt_at = ?, "
+                    "updated_at = ? WHERE reversal_id = ?",
+                    [(ReversalState.OWED.value, when, when, i) for i in ids],
+                )
+                conn.executemany(
+                    "INSERT INTO requeued (reversal_id, requested_at) VALUES (?, ?) "
+                    "ON CONFLICT (reversal_id) DO NOTHING",
+                    [(i, when) for i in ids],
+                )
+            return ids
+
+        return await self._side_call(work)
+
+    async def take_requeued(self) -> list[int]:
+        def work(conn: sqlite3.Connection) -> list[int]:
+            # Polled every second: look without the write lock first.
+            if conn.execute("SELECT 1 FROM requeued LIMIT 1").fetchone() is None:
+                return []
+            with _transaction(conn, "BEGIN IMMEDIATE"):
+                ids = [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT reversal_id FROM requeued ORDER BY requested_at, reversal_id"
+                    )
+                ]
+                conn.executemany("DELETE FROM requeued WHERE reversal_id = ?", [(i,) for i in ids])
+            return ids
+
+        return await self._side_call(work)
+
+    async def prune(self, older_than: float) -> int:
+        auth_states = sorted(s.value for s in DONE_AUTH_STATES)
+        reversal_states = sorted(s.value for s in DONE_REVERSAL_STATES)
+
+        def work(conn: sqlite3.Connection) -> int:
+            with _transaction(conn, "BEGIN IMMEDIATE"):
+                # Remember the highest ids first, so that pruning never makes ids reusable.
+                for key, query in (
+                    (_TXN_HIGH_KEY, "SELECT max(txn_id) FROM authorizations"),
+                    (_REVERSAL_HIGH_KEY, "SELECT max(reversal_id) FROM reversals"),
+                ):
+                    conn.execute(_UPSERT_META, (key, str(_highest(conn, query, key))))
+                deleted = conn.execute(
+                    f"DELETE FROM authorizations WHERE state IN ({_marks(len(auth_states))}) "
+                    "AND updated_at < ?",
+                    (*auth_states, older_than),
+                ).rowcount
+                deleted += conn.execute(
+                    f"DELETE FROM reversals WHERE state IN ({_marks(len(reversal_states))}) "
+                    "AND updated_at < ?",
+                    (*reversal_states, older_than),
+                ).rowcount
+                conn.execute(
+                    "DELETE FROM requeued WHERE reversal_id NOT IN (SELECT reversal_id FROM "
+                    "reversals)"
+                )
+            return deleted
+
+        return await self._side_call(work)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _settle(future: asyncio.Future[Any] | None, result: Any, error: BaseException | None) -> None:
+    if future is None or future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _write(
+    conn: sqlite3.Connection,
+    auths: dict[int, Row],
+    reversals: dict[int, Row],
+    meta: dict[str, str],
+) -> None:
+    """One batch, one transaction."""
+    with _transaction(conn, "BEGIN IMMEDIATE"):
+        if auths:
+            conn.executemany(_UPSERT_AUTH, auths.values())
+        if reversals:
+            conn.executemany(_UPSERT_REVERSAL, reversals.values())
+        if meta:
+            conn.executemany(_UPSERT_META, meta.items())
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection, begin: str) -> Iterator[None]:
+    conn.execute(begin)
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _highest(conn: sqlite3.Connection, query: str, meta_key: str) -> int:
+    """The highest id in a table or remembered in meta from before a prune (0 when none)."""
+    in_table = conn.execute(query).fetchone()[0] or 0
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (meta_key,)).fetchone()
+    remembered = int(row[0]) if row is not None else 0
+    return max(int(in_table), remembered)
+
+
+def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """Create the tables if missing; refuse a file written by another schema version."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (_SCHEMA_KEY,)).fetchone()
+    except sqlite3.OperationalError:  # no meta table yet: a new journal
+        row = None
+    if row is None:
+        with _transaction(conn, "BEGIN IMMEDIATE"):
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                (_SCHEMA_KEY, str(SCHEMA_VERSION)),
+            )
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (_SCHEMA_KEY,)).fetchone()
+    if str(row[0]) != str(SCHEMA_VERSION):
+        raise JournalSchemaError(
+            f"journal {path} has schema version {row[0]}; this gateway reads version "
+            f"{SCHEMA_VERSION}"
+        )
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the journal (and its directory) readable by its owner only: it holds PANs.
+
+    SQLite gives the -wal and -shm files the permissions of the database file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        with contextlib.suppress(FileExistsError):
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+
+if TYPE_CHECKING:
+    from gateway.journal.base import Journal
+
+    def _conforms(journal: SqliteJournal) -> Journal:
+        return journal  # mypy checks that SqliteJournal implements the Journal protocol

@@ -1,0 +1,421 @@
+"""The SQLite journal: round trips, group commit, recovery reads, operator commands."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.core.records import (
+    OPEN_AUTH_STATES,
+    OPEN_REVERSAL_STATES,
+    AuthState,
+    ReversalState,
+)
+from gateway.journal import (
+    CommitStats,
+    Journal,
+    JournalClosedError,
+    JournalSchemaError,
+    JournalWriteError,
+    NextIds,
+    SensitiveFieldError,
+    SqliteJournal,
+)
+
+from .factories import PAN, T0, make_auth, make_reversal
+
+
+@contextlib.contextmanager
+def write_lock(path: Path) -> Iterator[sqlite3.Connection]:
+    """Hold the database's write lock from another connection (as a busy CLI would)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+def raw_rows(path: Path, query: str) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(query).fetchall()
+    finally:
+        conn.close()
+
+
+def reopen(path: Path) -> SqliteJournal:
+    """A second journal on the same file, as the CLI or a restarted gateway opens it."""
+    return SqliteJournal(path)
+
+
+# -- round trips -------------------------------------------------------------------------------
+
+
+async def test_round_trip_keeps_every_field(journal: SqliteJournal, journal_path: Path) -> None:
+    auth = make_auth(7, AuthState.APPROVED, response_code="00", approval_code="A1B2C3")
+    reversal = make_reversal(3, ReversalState.SENT, next_attempt_at=None, header=b"\x00\xff")
+    bare = make_auth(8, terminal_id=None, stan=None, acquirer_stan=None, rrn=None, tpdu=b"")
+    journal.put(auth)
+    journal.put(reversal)
+    journal.put(bare)
+    await journal.flush()
+
+    other = reopen(journal_path)
+    try:
+        auths, reversals = await other.load_open()
+    finally:
+        await other.close()
+    assert auths == [auth, bare]
+    assert reversals == [reversal]
+    assert auths[0].reversal_fields["2"] == PAN  # an open record keeps what a reversal needs
+    assert isinstance(auths[0].tpdu, bytes)
+
+
+async def test_satisfies_the_journal_protocol(journal: SqliteJournal) -> None:
+    assert isinstance(journal, Journal)
+
+
+async def test_parent_directory_is_created_and_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "var" / "lib" / "gateway" / "journal.db"
+    async with SqliteJournal(path) as journal:
+        journal.put(make_auth(1))
+    assert path.is_file()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+# -- group commit ------------------------------------------------------------------------------
+
+
+async def test_later_snapshots_supersede_and_coalesce(journal_path: Path) -> None:
+    journal = SqliteJournal(journal_path)
+    await journal.start()
+    commits: list[CommitStats] = []
+    journal.on_stats = commits.append
+    try:
+        # While another connection holds the write lock nothing can commit, so the writer holds
+        # at most its first (already taken) batch and every later put lands in the next one.
+        with write_lock(journal_path):
+            for attempts in range(100):
+                journal.put(make_reversal(1, attempts=attempts))
+            journal.put(make_reversal(1, ReversalState.SENT, attempts=100))
+            assert journal.committed_seq == 0
+        await journal.flush()
+    finally:
+        await journal.close()
+
+    assert sum(c.puts for c in commits) == 101
+    assert sum(c.records for c in commits) <= 2  # 101 snapshots of one id: one row per batch
+    rows = raw_rows(journal_path, "SELECT state, attempts FROM reversals")
+    assert rows == [("sent", 100)]
+
+
+async def test_commit_callback_reports_durable_sequences_in_order(
+    journal: SqliteJournal, journal_path: Path
+) -> None:
+    put_seq: dict[int, int] = {}  # txn_id -> sequence number of its put
+    reported: list[int] = []
+    not_durable: list[int] = []
+
+    def on_commit(seq: int) -> None:
+        # "Journal before you send": at this moment every put up to seq is readable by
+        # another connection, as it would be after a crash.
+        reported.append(seq)
+        stored = {r[0] for r in raw_rows(journal_path, "SELECT txn_id FROM authorizations")}
+        not_durable.extend(t for t, s in put_seq.items() if s <= seq and t not in stored)
+
+    unsubscribe = journal.on_commit(on_commit)
+    for txn_id in range(1, 301):
+        put_seq[txn_id] = journal.put(make_auth(txn_id))
+        if txn_id % 25 == 0:
+            await asyncio.sleep(0)  # let commit reports in between, as a busy loop would
+    await journal.flush()
+
+    assert list(put_seq.values()) == list(range(1, 301))
+    assert reported == sorted(set(reported))
+    assert reported[-1] == journal.last_seq == journal.committed_seq == 300
+    assert not_durable == []
+
+    unsubscribe()
+    journal.put(make_auth(301))
+    await journal.flush()
+    assert reported[-1] == 300
+
+
+async def test_failing_listener_does_not_stop_flush(journal: SqliteJournal) -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    seen: list[int] = []
+
+    def broken(seq: int) -> None:
+        raise RuntimeError("listener bug")
+
+    journal.on_commit(broken)
+    journal.on_commit(seen.append)
+    journal.put(make_auth(1))
+    await journal.flush()
+    assert seen[-1] == 1
+    assert reported
+    assert isinstance(reported[0]["exception"], RuntimeError)
+
+
+async def test_close_writes_everything_pending(journal_path: Path) -> None:
+    journal = SqliteJournal(journal_path)
+    await journal.start()
+    for txn_id in range(1, 501):
+        journal.put(make_auth(txn_id))
+    journal.put_meta("last_stan", "000500")
+    await journal.close()  # no flush before it
+    assert journal.committed_seq == 501
+
+    with pytest.raises(JournalClosedError):
+        journal.put(make_auth(501))
+    other = reopen(journal_path)
+    try:
+        auths, _ = await other.load_open()
+        assert [a.txn_id for a in auths] == list(range(1, 501))
+        assert await other.get_meta("last_stan") == "000500"
+    finally:
+        await other.close()
+
+
+async def test_put_before_start_is_refused(journal_path: Path) -> None:
+    journal = SqliteJournal(journal_path)
+    with pytest.raises(JournalClosedError, match="new"):
+        journal.put(make_auth(1))
+    await journal.close()
+
+
+async def test_failed_commits_are_retried_never_dropped(journal_path: Path) -> None:
+    errors: list[BaseException] = []
+    failed = asyncio.Event()
+
+    def on_error(exc: BaseException) -> None:
+        errors.append(exc)
+        failed.set()
+
+    journal = SqliteJournal(journal_path, busy_timeout=0.01, on_error=on_error)
+    await journal.start()
+    try:
+        with write_lock(journal_path):
+            journal.put(make_auth(1))
+            await asyncio.wait_for(failed.wait(), timeout=30)
+            journal.put(make_auth(2))
+            assert journal.committed_seq == 0
+        await journal.flush()
+    finally:
+        await journal.close()
+    assert journal.commit_errors >= 1
+    assert isinstance(errors[0], sqlite3.OperationalError)
+    assert raw_rows(journal_path, "SELECT txn_id FROM authorizations ORDER BY 1") == [(1,), (2,)]
+
+
+async def test_close_gives_up_when_the_store_stays_locked(journal_path: Path) -> None:
+    journal = SqliteJournal(journal_path, busy_timeout=0.01)
+    await journal.start()
+    with write_lock(journal_path):
+        journal.put(make_auth(1, reversal_fields={"2": PAN}))
+        with pytest.raises(JournalWriteError) as raised:
+            await journal.close()
+    assert raised.value.pending == 1
+    assert PAN not in str(raised.value)
+
+
+# -- durability settings -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("durability", "synchronous"), [("process", 1), ("power", 2)])
+async def test_durability_sets_the_sync_level(
+    journal_path: Path, durability: str, synchronous: int
+) -> None:
+    async with SqliteJournal(journal_path, durability=durability) as journal:  # type: ignore[arg-type]
+        level = await journal._side_call(lambda c: c.execute("PRAGMA synchronous").fetchone()[0])
+        mode = await journal._side_call(lambda c: c.execute("PRAGMA journal_mode").fetchone()[0])
+        journal.put(make_auth(1))
+    assert (level, mode) == (synchronous, "wal")  # 1 = NORMAL, 2 = FULL
+
+
+def test_unknown_durability_is_refused(journal_path: Path) -> None:
+    with pytest.raises(ValueError, match="'process' or 'power'"):
+        SqliteJournal(journal_path, durability="fsync")  # type: ignore[arg-type]
+
+
+# -- recovery reads ----------------------------------------------------------------------------
+
+
+async def test_load_open_returns_exactly_the_open_records(
+    journal: SqliteJournal, journal_path: Path
+) -> None:
+    for txn_id, state in enumerate(AuthState, start=1):
+        journal.put(make_auth(txn_id, state))
+    for reversal_id, state in enumerate(ReversalState, start=1):
+        journal.put(make_reversal(reversal_id, state))
+    await journal.flush()
+
+    auths, reversals = await journal.load_open()
+    assert {a.state for a in auths} == set(OPEN_AUTH_STATES)
+    assert len(auths) == len(OPEN_AUTH_STATES)
+    assert {r.state for r in reversals} == set(OPEN_REVERSAL_STATES)
+    assert len(reversals) == len(OPEN_REVERSAL_STATES)
+
+
+async def test_completed_records_never_keep_card_data(
+    journal: SqliteJournal, journal_path: Path
+) -> None:
+    # Even if the core forgot to clear the mapping of a settled record, the PAN is not stored.
+    journal.put(make_auth(1, AuthState.DELIVERED))
+    journal.put(make_auth(2, AuthState.REVERSING))
+    journal.put(make_reversal(1, ReversalState.ACKNOWLEDGED))
+    journal.put(make_reversal(2, ReversalState.FAILED))
+    await journal.flush()
+    auths = raw_rows(journal_path, "SELECT txn_id, reversal_fields FROM authorizations")
+    assert {t: PAN in str(f) for t, f in auths} == {1: False, 2: True}
+    reversals = raw_rows(journal_path, "SELECT reversal_id, fields FROM reversals")
+    assert {r: PAN in str(f) for r, f in reversals} == {1: False, 2: True}
+
+
+async def test_next_ids_start_at_one_and_follow_the_highest(journal: SqliteJournal) -> None:
+    assert await journal.next_ids() == NextIds(1, 1)
+    journal.put(make_auth(41))
+    journal.put(make_auth(9))
+    journal.put(make_reversal(5))
+    await journal.flush()
+    assert await journal.next_ids() == NextIds(42, 6)
+
+
+async def test_meta_survives_a_reopen(journal: SqliteJournal, journal_path: Path) -> None:
+    journal.put_meta("last_stan", "000041")
+    journal.put_meta("last_stan", "000042")  # coalesced like snapshots
+    await journal.flush()
+    other = reopen(journal_path)
+    try:
+        assert await other.get_meta("last_stan") == "000042"
+        assert await other.get_meta("missing") is None
+    finally:
+        await other.close()
+    with pytest.raises(ValueError, match="schema_version"):
+        journal.put_meta("schema_version", "9")
+
+
+async def test_list_reversals_filters_by_state(journal: SqliteJournal) -> None:
+    for reversal_id, state in enumerate(ReversalState, start=1):
+        journal.put(make_reversal(reversal_id, state))
+    await journal.flush()
+    everything = await journal.list_reversals()
+    assert [r.reversal_id for r in everything] == list(range(1, len(ReversalState) + 1))
+    failed = await journal.list_reversals(states=[ReversalState.FAILED, ReversalState.OWED])
+    assert {r.state for r in failed} == {ReversalState.FAILED, ReversalState.OWED}
+    assert await journal.list_reversals(states=[]) == []
+
+
+async def test_newer_schema_version_is_refused(journal_path: Path) -> None:
+    async with SqliteJournal(journal_path):
+        pass
+    conn = sqlite3.connect(journal_path)
+    with conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.close()
+    journal = SqliteJournal(journal_path)
+    with pytest.raises(JournalSchemaError, match="schema version 99"):
+        await journal.start()
+    await journal.close()
+
+
+# -- operator commands -------------------------------------------------------------------------
+
+
+async def test_requeue_from_another_process_reaches_the_gateway(
+    journal: SqliteJournal, journal_path: Path
+) -> None:
+    journal.put(make_reversal(1, ReversalState.FAILED, attempts=10))
+    journal.put(make_reversal(2, ReversalState.FAILED, attempts=10))
+    journal.put(make_reversal(3, ReversalState.OWED))
+    await journal.flush()
+    assert await journal.take_requeued() == []
+
+    cli = reopen(journal_path)  # never started: the CLI only reads and requeues
+    try:
+        assert await cli.requeue_failed([2, 3, 99], now=T0 + 500) == [2]  # only FAILED ones
+        listed = {r.reversal_id: r for r in await cli.list_reversals()}
+    finally:
+        await cli.close()
+    assert listed[2].state is ReversalState.OWED
+    assert (listed[2].attempts, listed[2].next_attempt_at) == (0, T0 + 500)
+    assert listed[1].state is ReversalState.FAILED
+
+    assert await journal.take_requeued() == [2]
+    assert await journal.take_requeued() == []  # each id once
+
+    cli = reopen(journal_path)
+    try:
+        assert await cli.requeue_failed() == [1]  # all that are FAILED
+    finally:
+        await cli.close()
+    assert await journal.take_requeued() == [1]
+
+
+async def test_prune_deletes_old_completed_records_only(
+    journal: SqliteJournal, journal_path: Path
+) -> None:
+    old, new = T0 - 100, T0 + 100
+    for txn_id, state in enumerate(AuthState, start=1):
+        journal.put(make_auth(txn_id, state, updated_at=old))
+        journal.put(make_auth(txn_id + 100, state, updated_at=new))
+    for reversal_id, state in enumerate(ReversalState, start=1):
+        journal.put(make_reversal(reversal_id, state, updated_at=old))
+        journal.put(make_reversal(reversal_id + 100, state, updated_at=new))
+    await journal.flush()
+    before = await journal.next_ids()
+
+    deleted = await journal.prune(older_than=T0)
+
+    done_auths = len(AuthState) - len(OPEN_AUTH_STATES)
+    done_reversals = len(ReversalState) - len(OPEN_REVERSAL_STATES)
+    assert deleted == done_auths + done_reversals
+    auth_rows = raw_rows(journal_path, "SELECT state, updated_at FROM authorizations")
+    assert len(auth_rows) == 2 * len(AuthState) - done_auths
+    assert all(s in OPEN_AUTH_STATES or t == new for s, t in auth_rows)
+    reversal_rows = raw_rows(journal_path, "SELECT state, updated_at FROM reversals")
+    assert len(reversal_rows) == 2 * len(ReversalState) - done_reversals
+    assert all(s in OPEN_REVERSAL_STATES or t == new for s, t in reversal_rows)
+    assert await journal.prune(older_than=T0) == 0
+
+    # Pruning the newest completed records too must not make their ids reusable.
+    await journal.prune(older_than=new + 1)
+    assert await journal.next_ids() == before
+
+
+# -- card data ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["35", "36", "45", "52", "55"])
+async def test_sensitive_fields_are_refused(journal: SqliteJournal, field: str) -> None:
+    secret = f"{PAN}=2512101123400001"
+    auth = make_auth(1, reversal_fields={"2": PAN, field: secret})
+    reversal = make_reversal(1, fields={field: secret})
+    for record in (auth, reversal):
+        with pytest.raises(SensitiveFieldError, match=f"DE {field}") as raised:
+            journal.put(record)
+        assert secret not in str(raised.value)
+        assert PAN not in str(raised.value)
+    assert journal.rejected == 2
+    assert journal.last_seq == 0
+
+    journal.put(make_auth(2))  # the journal keeps working
+    await journal.flush()
+    auths, reversals = await journal.load_open()
+    assert [a.txn_id for a in auths] == [2]
+    assert reversals == []
+
+
+async def test_repr_shows_no_card_data(journal: SqliteJournal) -> None:
+    journal.put(make_auth(1))
+    assert PAN not in repr(journal)

@@ -1,0 +1,107 @@
+"""An asyncio Protocol that speaks frames instead of bytes.
+
+Used by every TCP peer in the project: the terminal listener, the acquirer links and the
+simulators. Protocols rather than streams: one callback per chunk, no task per read, which is
+what the gateway's hot path needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from gateway.wire.framing import Frame, FrameDecoder, Framing, FramingError, encode_frame
+
+
+class FramedProtocol(asyncio.Protocol):
+    """Splits the byte stream into frames; subclasses override the ``on_*`` hooks.
+
+    A framing error ends that one connection (after ``on_framing_error``): once a length header
+    is wrong nothing after it can be trusted, and no other connection is affected.
+    """
+
+    def __init__(self, framing: Framing) -> None:
+        self.framing = framing
+        self._decoder = FrameDecoder(framing)
+        self.transport: asyncio.Transport | None = None
+        self.peer: str = "?"
+        self.closed = asyncio.get_running_loop().create_future()
+
+    # asyncio.Protocol ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        self.on_connected()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._decoder.feed(data)
+        except FramingError as error:
+            self.on_framing_error(error)
+            self.abort()
+            return
+        for frame in frames:
+            if self.transport is None or self.transport.is_closing():
+                return
+            self.on_frame(frame)
+        # Good frames before a bad spot are handled first; then the connection ends at once.
+        pending = self._decoder.pending_error
+        if pending is not None:
+            self.on_framing_error(pending)
+            self.abort()
+
+    def eof_received(self) -> bool | None:
+        try:
+            self._decoder.close()
+        except FramingError as error:
+            self.on_framing_error(error)
+        return None  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.on_disconnected(exc)
+
+    # API for subclasses and owners ------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def write_frame(self, frame: Frame) -> bool:
+        """Write one frame; False when the connection is already gone (nothing was written)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        transport.write(encode_frame(self.framing, frame))
+        return True
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # hooks --------------------------------------------------------------------------------
+
+    def on_connected(self) -> None:
+        """The connection is up."""
+
+    def on_frame(self, frame: Frame) -> None:
+        """A whole frame arrived (keep-alives included: check ``frame.is_keepalive``)."""
+
+    def on_framing_error(self, error: FramingError) -> None:
+        """The peer sent bytes that are not frames; the connection is aborted after this."""
+
+    def on_disconnected(self, exc: Exception | None) -> None:
+        """The connection is gone."""
+
+
+ProtocolFactory = Callable[[], FramedProtocol]

@@ -36,6 +36,7 @@ class _Pipe(asyncio.Protocol):
 
 async def main(listen_port: int, upstream_host: str, upstream_port: int) -> None:
     loop = asyncio.get_running_loop()
+    connecting: set[asyncio.Task[None]] = set()
 
     def client_side() -> _Pipe:
         client = _Pipe()
@@ -49,7 +50,9 @@ async def main(listen_port: int, upstream_host: str, upstream_port: int) -> None
                 upstream.transport.write(chunk)
             client.pending.clear()
 
-        loop.create_task(connect())
+        task = loop.create_task(connect())
+        connecting.add(task)
+        task.add_done_callback(connecting.discard)
         return client
 
     server = await loop.create_server(client_side, "127.0.0.1", listen_port, backlog=1024)

@@ -1,0 +1,209 @@
+"""Configuration: one TOML file, environment overrides, command-line flags, validated at start.
+
+Precedence, lowest first: built-in defaults, the TOML file, environment variables
+``ISO_GATEWAY__<SECTION>__<KEY>`` (for example ``ISO_GATEWAY__ACQUIRER__TIMEOUT=8``), then flags.
+Every error names the key it is about (``acquirer.timeout: ...``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from gateway.core.settings import CoreSettings
+
+ENV_PREFIX = "ISO_GATEWAY__"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key(s)."""
+
+
+def parse_hostport(value: str, *, what: str = "address") -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{what} must be HOST:PORT, got {value!r}")
+    return (host.strip("[]") or "0.0.0.0", int(port))
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySection(_Section):
+    listen: str = "0.0.0.0:8583"
+    dialect: str = "iso87-binary"
+    specs_dirs: list[Path] = Field(default_factory=list)
+    data_dir: Path = Path("data")
+    max_connections: int = Field(10_000, gt=0)
+    shutdown_grace: float = Field(10.0, ge=0)
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_hostport(value, what="listen")
+        return value
+
+
+class AcquirerSection(_Section):
+    # Failover order: the first address is the primary, the others are tried when it fails.
+    addresses: list[str] = Field(default_factory=lambda: ["127.0.0.1:9000"], min_length=1)
+    connections: int = Field(1, ge=1, le=64)  # parallel links, every terminal multiplexed on them
+    timeout: float = Field(15.0, gt=0)  # must be shorter than the terminals' own timeout
+    connect_timeout: float = Field(5.0, gt=0)
+    reconnect_min: float = Field(0.5, gt=0)
+    reconnect_max: float = Field(30.0, gt=0)
+    echo_interval: float = Field(30.0, ge=0)  # idle seconds before an echo test; 0 = off
+    echo_timeout: float = Field(10.0, gt=0)  # unanswered echo: the link is declared dead
+    sign_on: bool = False  # send 0800 DE 70 001 after connecting, link up only once answered
+    stan_mode: Literal["passthrough", "rewrite"] = "passthrough"
+    max_in_flight: int = Field(10_000, gt=0)
+
+    @field_validator("addresses")
+    @classmethod
+    def _check_addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            parse_hostport(address, what="acquirer address")
+        return value
+
+
+class ReversalSection(_Section):
+    timeout: float = Field(10.0, gt=0)  # wait for 0410/0430 before repeating
+    retry_delays: list[float] = Field(default_factory=lambda: [5, 10, 30, 60, 300], min_length=1)
+    max_attempts: int = Field(20, ge=1)
+    expiry: float = Field(86_400.0, gt=0)
+    drain_rate: float = Field(50.0, gt=0)  # reversals per second once a link is back
+    late_decline_cancels: bool = True
+
+
+class DuplicatesSection(_Section):
+    window: float = Field(60.0, ge=0)
+
+
+class JournalSection(_Section):
+    backend: Literal["sqlite"] = "sqlite"
+    path: Path | None = None  # default: <data_dir>/journal.sqlite3
+    durability: Literal["process", "power"] = "process"
+    retention_days: float = Field(7.0, gt=0)
+
+
+class MetricsSection(_Section):
+    listen: str = ""  # HOST:PORT of /metrics; empty = off
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        if value:
+            parse_hostport(value, what="metrics listen")
+        return value
+
+
+class MqttSection(_Section):
+    url: str = ""  # mqtt://host:port or mqtts://user:pass@host:port; empty = off
+    topic_prefix: str = "iso-gateway"
+    gateway_id: str = "gw1"
+    publish_transactions: bool = False
+    queue_size: int = Field(10_000, gt=0)
+
+
+class LoggingSection(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class GatewayConfig(_Section):
+    gateway: GatewaySection = Field(default_factory=GatewaySection)
+    acquirer: AcquirerSection = Field(default_factory=AcquirerSection)
+    reversal: ReversalSection = Field(default_factory=ReversalSection)
+    duplicates: DuplicatesSection = Field(default_factory=DuplicatesSection)
+    journal: JournalSection = Field(default_factory=JournalSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+    mqtt: MqttSection = Field(default_factory=MqttSection)
+    logging: LoggingSection = Field(default_factory=LoggingSection)
+
+    @property
+    def journal_path(self) -> Path:
+        return self.journal.path or self.gateway.data_dir / "journal.sqlite3"
+
+    def core_settings(self) -> CoreSettings:
+        return CoreSettings(
+            acquirer_timeout=self.acquirer.timeout,
+            reversal_timeout=self.reversal.timeout,
+            retry_delays=tuple(self.reversal.retry_delays),
+            max_attempts=self.reversal.max_attempts,
+            reversal_expiry=self.reversal.expiry,
+            duplicate_window=self.duplicates.window,
+            late_decline_cancels=self.reversal.late_decline_cancels,
+            stan_mode=self.acquirer.stan_mode,
+            reversal_drain_rate=self.reversal.drain_rate,
+            max_in_flight=self.acquirer.max_in_flight,
+        )
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(path)}: {key} is not a section")
+    node[path[-1]] = value
+
+
+def _env_value(raw: str) -> Any:
+    """Lists come as JSON (``["a:1", "b:2"]``); everything else is left to pydantic."""
+    text = raw.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"cannot parse list {raw!r}: {error}") from None
+    return raw
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> GatewayConfig:
+    """Build the configuration. ``overrides`` maps dotted keys (``acquirer.timeout``) to values."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            tree = tomllib.loads(path.read_text(encoding="utf-8"))
+        except OSError as error:
+            raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    env = os.environ if environ is None else environ
+    for name, raw in sorted(env.items()):
+        if name.startswith(ENV_PREFIX):
+            keys = [part.lower() for part in name[len(ENV_PREFIX) :].split("__")]
+            try:
+                _set_path(tree, keys, _env_value(raw))
+            except ConfigError as error:
+                raise ConfigError(f"environment {name}: {error}") from None
+    for dotted, value in (overrides or {}).items():
+        _set_path(tree, dotted.split("."), value)
+    try:
+        return GatewayConfig.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(_describe(error, path)) from None
+
+
+def _describe(error: ValidationError, path: Path | None) -> str:
+    where = f"{path}: " if path else ""
+    lines = []
+    for problem in error.errors():
+        key = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{where}{key}: {message}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

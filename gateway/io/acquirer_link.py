@@ -1,0 +1,244 @@
+"""One link to the acquirer: connect with backoff and failover, sign on, echo test when idle.
+
+The link owns only the connection. Financial messages go to the listener (the service), which
+hands them to the core; the link consumes just the answers to its own network management
+messages (0810 for its echo tests and sign-on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from gateway.core.clock import transmission_time
+from gateway.io.framed import FramedProtocol
+from gateway.wire.codec import Codec, CodecError, FieldView
+from gateway.wire.framing import Frame, Framing, FramingError
+
+log = structlog.get_logger("gateway.acquirer_link")
+
+ECHO_TEST = "301"
+SIGN_ON = "001"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSettings:
+    addresses: Sequence[tuple[str, int]]  # failover order, the first is the primary
+    connect_timeout: float = 5.0
+    reconnect_min: float = 0.5
+    reconnect_max: float = 30.0
+    echo_interval: float = 30.0  # 0 = no echo tests
+    echo_timeout: float = 10.0
+    sign_on: bool = False
+
+
+class LinkListener(Protocol):
+    def on_link_up(self, link: AcquirerLink) -> None: ...
+    def on_link_down(self, link: AcquirerLink) -> None: ...
+    def on_link_message(self, link: AcquirerLink, frame: Frame, view: FieldView) -> None: ...
+    def on_link_format_error(self, link: AcquirerLink, error: Exception) -> None: ...
+
+
+class _LinkProtocol(FramedProtocol):
+    def __init__(self, link: AcquirerLink, framing: Framing) -> None:
+        super().__init__(framing)
+        self._link = link
+
+    def on_frame(self, frame: Frame) -> None:
+        self._link._on_frame(frame)
+
+    def on_framing_error(self, error: FramingError) -> None:
+        self._link._listener.on_link_format_error(self._link, error)
+
+    def on_disconnected(self, exc: Exception | None) -> None:
+        self._link._on_disconnected()
+
+
+class AcquirerLink:
+    def __init__(
+        self,
+        link_id: int,
+        settings: LinkSettings,
+        framing: Framing,
+        codec: Codec,
+        listener: LinkListener,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.link_id = link_id
+        self.settings = settings
+        self._framing = framing
+        self._codec = codec
+        self._listener = listener
+        self._rng = rng or random.Random()
+        self._protocol: _LinkProtocol | None = None
+        self._up = False
+        self._stopping = False
+        self._last_received = 0.0
+        self._own_stans: dict[str, asyncio.Future[str]] = {}
+        self._stan = self._rng.randrange(1, 999_999)
+        self.address: tuple[str, int] | None = None
+        self.reconnects = 0
+        self.echo_failures = 0
+        self._task: asyncio.Task[None] | None = None
+
+    # public -------------------------------------------------------------------------------
+
+    @property
+    def is_up(self) -> bool:
+        return self._up
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"link-{self.link_id}"
+        )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._protocol is not None:
+            self._protocol.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def send(self, frame: Frame) -> bool:
+        """Write a frame; False when the link is not up (nothing was written)."""
+        protocol = self._protocol
+        if not self._up or protocol is None:
+            return False
+        return protocol.write_frame(frame)
+
+    # connection lifecycle ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            connected = await self._connect_any()
+            if connected:
+                attempt = 0
+                await self._serve()
+                if self._stopping:
+                    return
+                self.reconnects += 1
+            # Exponential backoff with full jitter, so that many gateways do not reconnect
+            # to a recovering acquirer in lock step.
+            delay = min(self.settings.reconnect_max, self.settings.reconnect_min * 2**attempt)
+            attempt = min(attempt + 1, 16)
+            await asyncio.sleep(self._rng.uniform(self.settings.reconnect_min / 2, delay))
+
+    async def _connect_any(self) -> bool:
+        loop = asyncio.get_running_loop()
+        for host, port in self.settings.addresses:
+            try:
+                _, protocol = await asyncio.wait_for(
+                    loop.create_connection(lambda: _LinkProtocol(self, self._framing), host, port),
+                    self.settings.connect_timeout,
+                )
+            except (OSError, TimeoutError) as error:
+                log.info(
+                    "acquirer_connect_failed", link=self.link_id, address=f"{host}:{port}",
+                    error=str(error) or type(error).__name__,
+                )  # fmt: skip
+                continue
+            self._protocol = protocol
+            self.address = (host, port)
+            self._last_received = time.monotonic()
+            log.info("acquirer_connected", link=self.link_id, address=f"{host}:{port}")
+            return True
+        return False
+
+    async def _serve(self) -> None:
+        protocol = self._protocol
+        assert protocol is not None
+        try:
+            if self.settings.sign_on and not await self._network_management(SIGN_ON):
+                log.warning("acquirer_sign_on_failed", link=self.link_id)
+                protocol.abort()
+                return
+            if protocol.is_open:
+                self._up = True
+                self._listener.on_link_up(self)
+            await self._keep_alive(protocol)
+        finally:
+            await protocol.closed
+            self._protocol = None
+            if self._up:
+                self._up = False
+                self._listener.on_link_down(self)
+            for future in self._own_stans.values():
+                future.cancel()
+            self._own_stans.clear()
+
+    async def _keep_alive(self, protocol: _LinkProtocol) -> None:
+        """Echo-test an idle link; an unanswered echo declares it dead."""
+        interval = self.settings.echo_interval
+        while protocol.is_open:
+            if interval <= 0:
+                await protocol.closed
+                return
+            idle = time.monotonic() - self._last_received
+            if idle < interval:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(protocol.closed), interval - idle)
+                continue
+            if not await self._network_management(ECHO_TEST):
+                self.echo_failures += 1
+                log.warning("acquirer_echo_unanswered", link=self.link_id)
+                protocol.abort()
+                return
+
+    async def _network_management(self, code: str) -> bool:
+        """Send an 0800 with DE 70 = code and wait for its 0810."""
+        protocol = self._protocol
+        if protocol is None:
+            return False
+        self._stan = self._stan % 999_999 + 1
+        stan = f"{self._stan:06d}"
+        try:
+            message = self._codec.encode(
+                "0800", {"7": transmission_time(time.time()), "11": stan, "70": code}
+            )
+        except CodecError as error:
+            log.error("network_management_not_encodable", link=self.link_id, error=str(error))
+            return code == ECHO_TEST  # a dialect without DE 70: no echo tests, link stays up
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._own_stans[stan] = future
+        protocol.write_frame(Frame(message))
+        try:
+            response_code = await asyncio.wait_for(future, self.settings.echo_timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            return False
+        finally:
+            self._own_stans.pop(stan, None)
+        return response_code == "00"
+
+    # incoming -----------------------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        self._last_received = time.monotonic()
+        if frame.is_keepalive:
+            return
+        try:
+            view = self._codec.scan(frame.message)
+            mti = view.mti
+        except CodecError as error:
+            self._listener.on_link_format_error(self, error)
+            return
+        if mti == "0810":
+            future = self._own_stans.get(view.get("11") or "")
+            if future is not None:
+                if not future.done():
+                    future.set_result(view.get("39") or "")
+                return
+        self._listener.on_link_message(self, frame, view)
+
+    def _on_disconnected(self) -> None:
+        log.info("acquirer_disconnected", link=self.link_id)

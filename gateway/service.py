@@ -1,0 +1,372 @@
+"""The one place where the core meets the network, the journal and operations.
+
+Everything the core decides comes back as commands; this module carries them out in order,
+with one promise: a message goes to the acquirer only once every journal record emitted before
+it is durable ("journal before you send"). Sends wait in a FIFO behind the journal's commit
+sequence instead of awaiting per message, so the event loop never blocks and one group commit
+releases a whole batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from gateway.config import GatewayConfig, parse_hostport
+from gateway.core.commands import (
+    Command,
+    ForwardToAcquirer,
+    ForwardToTerminal,
+    Notify,
+    Persist,
+    ReplyToTerminal,
+    SendToAcquirer,
+)
+from gateway.core.engine import GatewayCore
+from gateway.core.events import (
+    CORE_FIELDS,
+    AcquirerResponse,
+    DeliveryResult,
+    Event,
+    LinkDown,
+    LinkUp,
+    ReversalRequeued,
+    TerminalClosed,
+    TerminalRequest,
+)
+from gateway.io.acquirer_link import AcquirerLink, LinkSettings
+from gateway.io.terminals import TerminalConnection, TerminalServer
+from gateway.journal.base import Journal
+from gateway.ops.sink import EventSink
+from gateway.wire.codec import Codec, CodecError, FieldView
+from gateway.wire.dialect import Dialect
+from gateway.wire.framing import Frame, FramingError, swap_tpdu
+
+log = structlog.get_logger("gateway.service")
+
+REQUEUE_POLL_SECONDS = 1.0
+PRUNE_EVERY_SECONDS = 3600.0
+
+
+@dataclass
+class ServiceCounters:
+    """Plain counters the ops layer reads (metrics, `iso-gateway status`)."""
+
+    terminal_connections_total: int = 0
+    terminal_format_errors: dict[str, int] = field(default_factory=dict)
+    acquirer_format_errors: int = 0
+    sends_dropped_link_down: int = 0
+
+
+class GatewayService:
+    def __init__(
+        self, config: GatewayConfig, dialect: Dialect, journal: Journal, sink: EventSink
+    ) -> None:
+        self.config = config
+        self.dialect = dialect
+        self.codec = Codec(dialect)
+        self.journal = journal
+        self.sink = sink
+        self.counters = ServiceCounters()
+        fields = set(CORE_FIELDS) | set(dialect.match_fields) | set(dialect.duplicate_fields)
+        fields |= set(dialect.reversal.copy_fields)
+        self._request_fields = tuple(sorted(fields - dialect.sensitive_fields | {"35"}, key=int))
+        self._response_fields = tuple(
+            sorted(set(dialect.match_fields) | {"11", "38", "39", "41"}, key=int)
+        )
+        self.core: GatewayCore | None = None
+        self.terminals = TerminalServer(
+            dialect.framing, self, max_connections=config.gateway.max_connections
+        )
+        addresses = [parse_hostport(a) for a in config.acquirer.addresses]
+        link_settings = LinkSettings(
+            addresses=addresses,
+            connect_timeout=config.acquirer.connect_timeout,
+            reconnect_min=config.acquirer.reconnect_min,
+            reconnect_max=config.acquirer.reconnect_max,
+            echo_interval=config.acquirer.echo_interval,
+            echo_timeout=config.acquirer.echo_timeout,
+            sign_on=config.acquirer.sign_on,
+        )
+        self.links = {
+            link_id: AcquirerLink(link_id, link_settings, dialect.framing, self.codec, self)
+            for link_id in range(1, config.acquirer.connections + 1)
+        }
+        self._held_sends: deque[tuple[int, int, Frame]] = deque()
+        self._last_persist_seq = 0
+        self._pending_events: deque[Event] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline: float | None = None
+        self._background: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+
+    # lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.journal.start()
+        authorizations, reversals = await self.journal.load_open()
+        next_txn_id, next_reversal_id = await self.journal.next_ids()
+        last_stan = await self.journal.get_meta("last_stan")
+        now = time.time()
+        self.core = GatewayCore(
+            self.dialect,
+            self.config.core_settings(),
+            now=now,
+            open_authorizations=authorizations,
+            open_reversals=reversals,
+            next_txn_id=next_txn_id,
+            next_reversal_id=next_reversal_id,
+            stan_seed=int(last_stan) % 999_999 + 1 if last_stan else int(now) % 999_999 + 1,
+        )
+        self.journal.on_commit(self._release_sends)
+        if authorizations or reversals:
+            log.info(
+                "recovering", open_authorizations=len(authorizations), open_reversals=len(reversals)
+            )
+        self._run(lambda now: self._core.recover(now))
+        for link in self.links.values():
+            link.start()
+        host, port = parse_hostport(self.config.gateway.listen)
+        await self.terminals.start(host, port)
+        loop = asyncio.get_running_loop()
+        self._background = [
+            loop.create_task(self._poll_requeued(), name="requeue-poll"),
+            loop.create_task(self._prune_periodically(), name="prune"),
+        ]
+        log.info(
+            "gateway_started", listen=f"{host}:{self.terminals.port}", dialect=self.dialect.name
+        )
+
+    async def shutdown(self) -> None:
+        """Stop accepting, let in-flight requests finish within the grace period, then stop.
+
+        Whatever is still owed stays in the journal: the next start reverses it.
+        """
+        self.terminals.stop_accepting()
+        deadline = time.monotonic() + self.config.gateway.shutdown_grace
+        while self._core.stats().get("in_flight", 0) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._timer is not None:
+            self._timer.cancel()
+        await self.terminals.close()
+        await self.journal.flush()
+        self._release_sends(self.journal.committed_seq)
+        for link in self.links.values():
+            await link.stop()
+        await self.journal.close()
+        stats = self._core.stats()
+        log.info("gateway_stopped", **stats)
+        self._stopped.set()
+
+    @property
+    def _core(self) -> GatewayCore:
+        assert self.core is not None, "the service is not started"
+        return self.core
+
+    # the event loop of the core ---------------------------------------------------------
+
+    def _dispatch(self, event: Event) -> None:
+        self._run(lambda now: self._core.handle(event, now))
+
+    def _run(self, step: Callable[[float], list[Command]]) -> None:
+        now = time.time()
+        self._execute(step(now))
+        core = self._core
+        while self._pending_events:
+            self._execute(core.handle(self._pending_events.popleft(), now))
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self._core.next_deadline()
+        if deadline is None:
+            return
+        if self._timer_deadline is not None and self._timer_deadline <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(0.0, deadline - time.time()), self._on_timer)
+        self._timer_deadline = deadline
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_deadline = None
+        self._run(lambda now: self._core.on_timer(now))
+
+    # commands ---------------------------------------------------------------------------
+
+    def _execute(self, commands: Iterable[Command]) -> None:
+        for command in commands:
+            if isinstance(command, Persist):
+                self._last_persist_seq = self.journal.put(command.record)
+            elif isinstance(command, ForwardToAcquirer):
+                frame = self._replaced(command.frame, command.replace)
+                if frame is not None:
+                    self._send_to_acquirer(command.link_id, frame)
+            elif isinstance(command, SendToAcquirer):
+                message = self._encode(command.mti, command.fields)
+                if message is not None:
+                    frame = Frame(message, command.tpdu, command.header)
+                    self._send_to_acquirer(command.link_id, frame)
+            elif isinstance(command, ForwardToTerminal):
+                reply = self._replaced(command.frame, command.replace)
+                self._send_to_terminal(command.conn_id, reply, command.delivery_ref)
+            elif isinstance(command, ReplyToTerminal):
+                message = self._encode(command.mti, command.fields)
+                reply = None
+                if message is not None:
+                    tpdu = swap_tpdu(command.tpdu) if command.tpdu else b""
+                    reply = Frame(message, tpdu, command.header)
+                self._send_to_terminal(command.conn_id, reply, command.delivery_ref)
+            elif isinstance(command, Notify):
+                self.sink.notify(command.kind, command.data)
+
+    def _send_to_acquirer(self, link_id: int, frame: Frame) -> None:
+        if self._held_sends or self.journal.committed_seq < self._last_persist_seq:
+            self._held_sends.append((self._last_persist_seq, link_id, frame))
+        else:
+            self._write_to_link(link_id, frame)
+
+    def _release_sends(self, committed_seq: int) -> None:
+        """Journal commit callback (on the loop): what waited for durability may go now."""
+        held = self._held_sends
+        while held and held[0][0] <= committed_seq:
+            _, link_id, frame = held.popleft()
+            self._write_to_link(link_id, frame)
+
+    def _write_to_link(self, link_id: int, frame: Frame) -> None:
+        link = self.links.get(link_id)
+        if link is None or not link.send(frame):
+            # The core hears LinkDown for this link and treats what it sent there as lost.
+            self.counters.sends_dropped_link_down += 1
+
+    def _send_to_terminal(self, conn_id: int, frame: Frame | None, ref: int | None) -> None:
+        conn = self.terminals.connections.get(conn_id)
+        ok = frame is not None and conn is not None and conn.write_frame(frame)
+        if ref is not None:
+            self._pending_events.append(DeliveryResult(ref, ok))
+
+    def _replaced(self, frame: Frame, replace: Mapping[str, str]) -> Frame | None:
+        if not replace:
+            return frame
+        try:
+            view = self.codec.scan(frame.message)
+            message = frame.message
+            for field_id, value in replace.items():
+                message = view.replace(field_id, value)
+                if len(replace) > 1:
+                    view = self.codec.scan(message)
+        except CodecError as error:
+            log.error("field_rewrite_failed", error=str(error))
+            return None
+        return Frame(message, frame.tpdu, frame.header)
+
+    def _encode(self, mti: str, fields: Mapping[str, str]) -> bytes | None:
+        try:
+            return self.codec.encode(mti, fields)
+        except CodecError as error:
+            log.error("message_not_encodable", mti=mti, error=str(error))
+            return None
+
+    # terminals (TerminalListener) -------------------------------------------------------
+
+    def on_terminal_connected(self, conn: TerminalConnection) -> None:
+        self.counters.terminal_connections_total += 1
+
+    def on_terminal_frame(self, conn: TerminalConnection, frame: Frame) -> None:
+        if frame.is_keepalive:
+            return
+        try:
+            view = self.codec.scan(frame.message)
+            fields = view.fields(self._request_fields)
+        except CodecError as error:
+            # The frame boundary is intact, so the connection stays usable: drop the message.
+            self._count_format_error("message")
+            log.warning("terminal_message_malformed", conn=conn.conn_id, error=str(error))
+            return
+        self._dispatch(TerminalRequest(conn.conn_id, view.mti, fields, frame))
+
+    def on_terminal_framing_error(self, conn: TerminalConnection, error: FramingError) -> None:
+        self._count_format_error(type(error).__name__)
+        log.warning("terminal_framing_error", conn=conn.conn_id, peer=conn.peer, error=str(error))
+
+    def on_terminal_closed(self, conn: TerminalConnection) -> None:
+        if self.core is not None:
+            self._dispatch(TerminalClosed(conn.conn_id))
+
+    def _count_format_error(self, kind: str) -> None:
+        errors = self.counters.terminal_format_errors
+        errors[kind] = errors.get(kind, 0) + 1
+
+    # acquirer (LinkListener) ------------------------------------------------------------
+
+    def on_link_up(self, link: AcquirerLink) -> None:
+        self.sink.notify("acquirer_link_up", {"link_id": link.link_id, "address": _addr(link)})
+        self._dispatch(LinkUp(link.link_id))
+
+    def on_link_down(self, link: AcquirerLink) -> None:
+        # Sends still waiting for the journal were never written: drop them before the core
+        # hears of the loss, so they cannot reach a reconnected link after their reversal.
+        if self._held_sends:
+            self._held_sends = deque(s for s in self._held_sends if s[1] != link.link_id)
+        self.sink.notify("acquirer_link_down", {"link_id": link.link_id, "address": _addr(link)})
+        self._dispatch(LinkDown(link.link_id))
+
+    def on_link_message(self, link: AcquirerLink, frame: Frame, view: FieldView) -> None:
+        try:
+            fields = view.fields(self._response_fields)
+        except CodecError as error:
+            self.on_link_format_error(link, error)
+            return
+        self._dispatch(AcquirerResponse(link.link_id, view.mti, fields, frame))
+
+    def on_link_format_error(self, link: AcquirerLink, error: Exception) -> None:
+        self.counters.acquirer_format_errors += 1
+        log.warning("acquirer_message_malformed", link=link.link_id, error=str(error))
+
+    # background -------------------------------------------------------------------------
+
+    async def _poll_requeued(self) -> None:
+        """Operators retry failed reversals from another process (`saf retry`)."""
+        while True:
+            await asyncio.sleep(REQUEUE_POLL_SECONDS)
+            try:
+                reversal_ids = await self.journal.take_requeued()
+            except Exception:
+                log.exception("requeue_poll_failed")
+                continue
+            for reversal_id in reversal_ids:
+                self._dispatch(ReversalRequeued(reversal_id))
+
+    async def _prune_periodically(self) -> None:
+        retention = self.config.journal.retention_days * 86_400
+        while True:
+            try:
+                pruned = await self.journal.prune(time.time() - retention)
+                if pruned:
+                    log.info("journal_pruned", records=pruned)
+            except Exception:
+                log.exception("journal_prune_failed")
+            await asyncio.sleep(PRUNE_EVERY_SECONDS)
+
+    def status(self) -> dict[str, Any]:
+        stats: dict[str, Any] = dict(self._core.stats())
+        stats["links_up"] = sum(1 for link in self.links.values() if link.is_up)
+        stats["terminal_connections"] = len(self.terminals.connections)
+        return stats
+
+
+def _addr(link: AcquirerLink) -> str:
+    return f"{link.address[0]}:{link.address[1]}" if link.address else "-"

@@ -1,0 +1,154 @@
+"""Reversals that keep failing, the operator's `saf` commands, and a gateway killed mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from gateway.cli import cli
+from gateway.sim.acquirer import AcquirerSimulator
+from gateway.sim.invariant import check
+from gateway.sim.rules import FaultRates, Rule, RuleSet
+from gateway.sim.terminals import TerminalFleet
+
+from .harness import PAN, StackFactory, auth, events
+
+
+async def test_failed_reversal_then_saf_retry(make_stack: StackFactory) -> None:
+    rules = [
+        Rule(mti=frozenset({"0200"}), fault="drop"),
+        Rule(mti=frozenset({"0400", "0401"}), response_code="96"),  # "try again later"
+    ]
+    stack = await make_stack(rules=rules, **{"reversal.max_attempts": 3})
+    await stack.links_up()
+    terminal = await stack.terminal()
+    await terminal.send("0200", auth(40))
+    await stack.settle(
+        lambda: "reversal_failed" in events(stack).kinds(), timeout=8, what="the reversal to fail"
+    )
+    assert stack.requests_seen("0400") + stack.requests_seen("0401") == 3
+    journal = ["--journal", str(stack.journal_path)]
+
+    async def saf(*args: str) -> Result:
+        # The CLI runs its own event loop, as it does from a shell: give it a thread.
+        return await asyncio.to_thread(CliRunner().invoke, cli, ["saf", *args, *journal])
+
+    listed = await saf("list", "--json")
+    assert listed.exit_code == 0, listed.output
+    rows = json.loads(listed.output)
+    assert [row["state"] for row in rows] == ["failed"]
+    assert PAN not in listed.output and rows[0]["pan"].startswith(PAN[:6])
+    # The acquirer is fixed; the operator puts the reversal back in the queue.
+    stack.simulator.rules = RuleSet([Rule(mti=frozenset({"0200"}), fault="drop")])
+    retried = await saf("retry", str(rows[0]["id"]))
+    assert retried.exit_code == 0, retried.output
+    await stack.acknowledged(timeout=8)
+    assert stack.holds()[0].released and stack.holds()[0].duplicate_reversals == 0
+    after = await saf("list")
+    assert "no reversals owed" in after.output
+
+
+def test_saf_retry_needs_ids_or_all_failed(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["saf", "retry", "--journal", str(tmp_path / "j.sqlite3")])
+    assert result.exit_code == 2 and "--all-failed" in result.output
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _start_gateway(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+
+async def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
+    for _ in range(200):
+        assert process.poll() is None, "the gateway exited"
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        return
+    raise AssertionError("the gateway never listened")
+
+
+@pytest.mark.slow
+async def test_sigkill_under_load_then_restart_reverses_in_doubt(tmp_path: Path) -> None:
+    faults = FaultRates(drop_rate=0.02, delay_rate=0.2, delay=0.3)
+    simulator = AcquirerSimulator("iso87-binary", faults=faults, seed=3)
+    await simulator.start("127.0.0.1", 0)
+    port = _free_port()
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f"""
+[gateway]
+listen = "127.0.0.1:{port}"
+data_dir = "{tmp_path}"
+[acquirer]
+addresses = ["127.0.0.1:{simulator.port}"]
+timeout = 1.0
+echo_interval = 0
+reconnect_min = 0.05
+reconnect_max = 0.2
+[reversal]
+timeout = 0.5
+retry_delays = [0.1, 0.3]
+[logging]
+format = "json"
+"""
+    )
+    log = tmp_path / "gateway.log"
+    gateway = _start_gateway(config, log)
+    try:
+        await _wait_listening(port, gateway)
+        fleet = TerminalFleet(
+            "127.0.0.1", port, "iso87-binary", terminals=10, count=1500, rate=500,
+            timeout=2.0, seed=9, connect_retry_delay=0.1,
+        )  # fmt: skip
+        running = asyncio.create_task(fleet.run())
+        await asyncio.sleep(1.2)
+        gateway.send_signal(signal.SIGKILL)  # mid-run: requests in flight, reversals owed
+        gateway.wait(5)
+        await asyncio.sleep(0.3)
+        gateway = _start_gateway(config, log)
+        results = await running
+        await asyncio.sleep(0.5)
+
+        def settled() -> bool:
+            return check(simulator.ledger, results.records).ok_after_crash
+
+        for _ in range(300):
+            if settled():
+                break
+            await asyncio.sleep(0.05)
+        violations = check(simulator.ledger, results.records)
+        assert violations.ok_after_crash, violations.describe()
+        assert simulator.ledger.summary()["reversed_twice"] == 0
+        text = log.read_text()
+        assert '"recovering"' in text  # the restart found open records in the journal
+        assert PAN not in text
+    finally:
+        if gateway.poll() is None:
+            gateway.send_signal(signal.SIGTERM)
+            gateway.wait(10)
+        await simulator.stop()

@@ -34,8 +34,9 @@ demo: $(BIN)/.installed
 	$(BIN)/python -m gateway.demo
 
 bench: $(BIN)/.installed
-	$(BIN)/python bench/codec.py
-	$(BIN)/python bench/gateway.py
+	$(BIN)/python -m bench.codec
+	$(BIN)/python -m bench.journal
+	$(BIN)/python -m bench.gateway
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -8,7 +8,7 @@ Two load shapes per durability setting:
 
 Each put is a new authorization (no coalescing). Figures only; nothing is asserted.
 
-    .venv/bin/python bench/journal.py [--count 20000] [--dir /tmp]
+    .venv/bin/python -m bench.journal [--count 20000] [--dir /tmp]
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each client connection gets its own upstream connection; bytes are copied both ways with no
 framing, no parsing and no journal. `bench/gateway.py` runs it beside the gateway.
 
-    python bench/relay.py LISTEN_PORT UPSTREAM_HOST UPSTREAM_PORT
+    python -m bench.relay LISTEN_PORT UPSTREAM_HOST UPSTREAM_PORT
 """
 
 from __future__ import annotations

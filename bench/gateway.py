@@ -1,0 +1,230 @@
+"""Gateway throughput and added latency, three ways side by side in one run.
+
+    python -m bench.gateway [--quick]     (or: make bench)
+
+Paths, each against the same acquirer simulator (a subprocess):
+  direct   terminals -> simulator
+  relay    terminals -> bare byte relay (bench/relay.py, the ceiling of any Python proxy) -> sim
+  gateway  terminals -> `iso-gateway serve` (journal on, process-crash safe) -> simulator
+The terminal fleet runs in this process. Everything shares this machine's cores, so figures
+are medians of several runs and ratios between paths measured in the same run. Results are
+written to bench/README.md under "## Gateway".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.sim.terminals import Outcome, TerminalFleet
+
+ROOT = Path(__file__).resolve().parents[1]
+DIALECT = "iso87-binary"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def wait_listening(port: int, process: subprocess.Popen[bytes], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{process.args} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listening on {port}")
+
+
+@dataclass
+class Run:
+    tps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_txn: float | None
+    failures: int
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+async def one_run(
+    port: int, terminals: int, pipeline: int, count: int, rate: float, pid: int | None
+) -> Run:
+    fleet = TerminalFleet(
+        "127.0.0.1", port, DIALECT, terminals=terminals, pipeline=pipeline, count=count,
+        rate=rate, timeout=10.0, seed=terminals * 1000 + pipeline,
+    )  # fmt: skip
+    cpu_before = cpu_seconds(pid) if pid else 0.0
+    results = await fleet.run()
+    cpu_after = cpu_seconds(pid) if pid else 0.0
+    answered = [r for r in results.records if r.outcome in {Outcome.APPROVED, Outcome.DECLINED}]
+    latencies = [r.latency * 1000 for r in answered if r.latency is not None]
+    return Run(
+        tps=len(answered) / results.elapsed,
+        p50_ms=percentile(latencies, 0.50),
+        p99_ms=percentile(latencies, 0.99),
+        cpu_us_per_txn=(cpu_after - cpu_before) / len(answered) * 1e6 if pid else None,
+        failures=len(results.records) - len(answered),
+    )
+
+
+def median_run(runs: list[Run]) -> Run:
+    cpus = [r.cpu_us_per_txn for r in runs if r.cpu_us_per_txn is not None]
+    return Run(
+        tps=statistics.median(r.tps for r in runs),
+        p50_ms=statistics.median(r.p50_ms for r in runs),
+        p99_ms=statistics.median(r.p99_ms for r in runs),
+        cpu_us_per_txn=statistics.median(cpus) if cpus else None,
+        failures=sum(r.failures for r in runs),
+    )
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+async def main(quick: bool) -> None:
+    work = Path(tempfile.mkdtemp(prefix="gw-bench-"))
+    sim_port, relay_port, gw_port = free_port(), free_port(), free_port()
+    py = sys.executable
+    sim = start([py, "-m", "gateway", "sim", "acquirer", "--listen", f"127.0.0.1:{sim_port}",
+                 "--dialect", DIALECT], work / "sim.log")  # fmt: skip
+    relay = start([py, "-m", "bench.relay", str(relay_port), "127.0.0.1", str(sim_port)],
+                  work / "relay.log")  # fmt: skip
+    config = work / "gateway.toml"
+    config.write_text(
+        f'[gateway]\nlisten = "127.0.0.1:{gw_port}"\ndata_dir = "{work}"\n'
+        f'[acquirer]\naddresses = ["127.0.0.1:{sim_port}"]\necho_interval = 0\n'
+        '[logging]\nformat = "json"\n'
+    )
+    gateway = start([py, "-m", "gateway", "serve", "--config", str(config)], work / "gw.log")
+    processes = {"direct": (sim_port, None), "relay": (relay_port, relay.pid),
+                 "gateway": (gw_port, gateway.pid)}  # fmt: skip
+    try:
+        for port, process in ((sim_port, sim), (relay_port, relay), (gw_port, gateway)):
+            wait_listening(port, process)
+        await asyncio.sleep(0.5)  # the gateway's acquirer link comes up
+        repeats = 3 if quick else 5
+        scale = 0.3 if quick else 1.0
+        cases = [
+            ("lock-step", 1, 1, int(1500 * scale)),
+            ("lock-step", 10, 1, int(4000 * scale)),
+            ("lock-step", 100, 1, int(6000 * scale)),
+            ("pipelined x8", 10, 8, int(8000 * scale)),
+            ("pipelined x4", 100, 4, int(8000 * scale)),
+        ]
+        rows = []
+        for label, terminals, pipeline, count in cases:
+            await one_run(gw_port, terminals, pipeline, 200, 0, None)  # warm-up
+            results = {}
+            for path, (port, pid) in processes.items():
+                runs = [
+                    await one_run(port, terminals, pipeline, count, 0, pid) for _ in range(repeats)
+                ]
+                results[path] = median_run(runs)
+            rows.append((label, terminals, results))
+            print(label, terminals, {k: round(v.tps) for k, v in results.items()}, flush=True)
+        # Added latency at a fixed, moderate rate: what one terminal notices.
+        paced = {}
+        for path in ("direct", "gateway"):
+            port, pid = processes[path]
+            runs = [
+                await one_run(port, 10, 4, int(5000 * scale), 1000, pid) for _ in range(repeats)
+            ]
+            paced[path] = median_run(runs)
+        report = render(rows, paced, repeats)
+        print(report)
+        write_section(report)
+    finally:
+        for process in (gateway, relay, sim):
+            process.terminate()
+        for process in (gateway, relay, sim):
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def render(rows: list[tuple[str, int, dict[str, Run]]], paced: dict[str, Run], n: int) -> str:
+    lines = [
+        "## Gateway",
+        "",
+        f"`python -m bench.gateway`, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}. Load generator, simulator, relay and gateway all "
+        f"on this machine; median of {n} runs per cell. Journal on (SQLite WAL, process-crash "
+        "safe), one JSON log line per transaction.",
+        "",
+        "| load | terminals | direct tx/s | relay tx/s | gateway tx/s | gateway / relay "
+        "| p50 direct / gateway ms | p99 direct / gateway ms | gateway CPU µs/tx |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, terminals, r in rows:
+        d, rel, g = r["direct"], r["relay"], r["gateway"]
+        lines.append(
+            f"| {label} | {terminals} | {d.tps:,.0f} | {rel.tps:,.0f} | {g.tps:,.0f} "
+            f"| {g.tps / rel.tps:.2f} | {d.p50_ms:.2f} / {g.p50_ms:.2f} "
+            f"| {d.p99_ms:.2f} / {g.p99_ms:.2f} | {g.cpu_us_per_txn or 0:.0f} |"
+        )
+    d, g = paced["direct"], paced["gateway"]
+    lines += [
+        "",
+        "Added latency at 1,000 requests/s (10 terminals, up to 4 outstanding each):",
+        "",
+        "| | p50 ms | p99 ms |",
+        "| --- | ---: | ---: |",
+        f"| direct | {d.p50_ms:.2f} | {d.p99_ms:.2f} |",
+        f"| gateway | {g.p50_ms:.2f} | {g.p99_ms:.2f} |",
+        f"| added by the gateway | {g.p50_ms - d.p50_ms:.2f} | {g.p99_ms - d.p99_ms:.2f} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(section: str) -> None:
+    """Replace (or append) this benchmark's section of bench/README.md, keeping the others."""
+    readme = ROOT / "bench" / "README.md"
+    text = readme.read_text() if readme.exists() else "# Benchmarks\n"
+    head, marker, rest = text.partition("## Gateway")
+    if marker:
+        _, next_marker, tail = rest.partition("\n## ")
+        text = head + section + (("\n## " + tail) if next_marker else "")
+    else:
+        text = text.rstrip() + "\n\n" + section
+    readme.write_text(text.rstrip() + "\n")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer and shorter runs")
+    options = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.run(main(options.quick))
+    except ImportError:
+        asyncio.run(main(options.quick))

@@ -5,49 +5,69 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from typing import Protocol
 
 import structlog
 
 from gateway.config import GatewayConfig
 from gateway.journal.sqlite import SqliteJournal
 from gateway.ops.logging import configure_logging
-from gateway.ops.sink import LogSink
+from gateway.ops.sink import EventSink, FanOut, LogSink
 from gateway.service import GatewayService
 from gateway.wire.dialect import get_dialect
 
 log = structlog.get_logger("gateway.app")
 
 
-def build_service(config: GatewayConfig) -> GatewayService:
+class Component(Protocol):
+    """Something that runs beside the service (metrics endpoint, MQTT publisher, recorder)."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def build_service(config: GatewayConfig, sinks: list[EventSink] | None = None) -> GatewayService:
     dialect = get_dialect(config.gateway.dialect, config.gateway.specs_dirs)
     journal = SqliteJournal(config.journal_path, durability=config.journal.durability)
-    return GatewayService(config, dialect, journal, LogSink())
+    return GatewayService(config, dialect, journal, FanOut(sinks or [LogSink()]))
+
+
+def build_components(
+    config: GatewayConfig, service: GatewayService, sinks: list[EventSink]
+) -> list[Component]:
+    """The optional parts the configuration asks for; each may add itself to ``sinks``."""
+    components: list[Component] = []
+    return components
 
 
 async def serve(config: GatewayConfig) -> None:
-    service = build_service(config)
+    sinks: list[EventSink] = [LogSink()]
+    service = build_service(config, sinks)
+    components = build_components(config, service, sinks)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    for component in components:
+        await component.start()
     await service.start()
     try:
         await stop.wait()
         log.info("shutdown_requested", grace_seconds=config.gateway.shutdown_grace)
     finally:
         await service.shutdown()
+        for component in reversed(components):
+            await component.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
 
 
 def run(config: GatewayConfig) -> None:
     configure_logging(config.logging.level, config.logging.format)
-    try:
-        import uvloop
-    except ImportError:  # uvloop is optional: plain asyncio works, slower
-        uvloop = None
     with contextlib.suppress(KeyboardInterrupt):
-        if uvloop is not None:
-            uvloop.run(serve(config))
-        else:
+        try:
+            import uvloop
+        except ImportError:  # uvloop is optional: plain asyncio works, slower
             asyncio.run(serve(config))
+        else:
+            uvloop.run(serve(config))

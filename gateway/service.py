@@ -42,6 +42,7 @@ from gateway.core.events import (
     TerminalRequest,
 )
 from gateway.io.acquirer_link import AcquirerLink, LinkSettings
+from gateway.io.tap import FrameTap
 from gateway.io.terminals import TerminalConnection, TerminalServer
 from gateway.journal.base import Journal
 from gateway.ops.sink import EventSink
@@ -106,6 +107,7 @@ class GatewayService:
         self._timer_deadline: float | None = None
         self._background: list[asyncio.Task[None]] = []
         self._stopped = asyncio.Event()
+        self.tap: FrameTap | None = None  # set by the capture recorder, when configured
 
     # lifecycle ----------------------------------------------------------------------------
 
@@ -251,10 +253,18 @@ class GatewayService:
         if link is None or not link.send(frame):
             # The core hears LinkDown for this link and treats what it sent there as lost.
             self.counters.sends_dropped_link_down += 1
+        elif self.tap is not None and link.connection is not None:
+            connection = link.connection
+            self.tap.frame(
+                "acquirer", False, connection.local_address, connection.peer_address, frame
+            )
 
     def _send_to_terminal(self, conn_id: int, frame: Frame | None, ref: int | None) -> None:
         conn = self.terminals.connections.get(conn_id)
         ok = frame is not None and conn is not None and conn.write_frame(frame)
+        if ok and self.tap is not None:
+            assert frame is not None and conn is not None
+            self.tap.frame("terminal", False, conn.local_address, conn.peer_address, frame)
         if ref is not None:
             self._pending_events.append(DeliveryResult(ref, ok))
 
@@ -284,8 +294,12 @@ class GatewayService:
 
     def on_terminal_connected(self, conn: TerminalConnection) -> None:
         self.counters.terminal_connections_total += 1
+        if self.tap is not None:
+            self.tap.connection_opened("terminal", conn.local_address, conn.peer_address)
 
     def on_terminal_frame(self, conn: TerminalConnection, frame: Frame) -> None:
+        if self.tap is not None:
+            self.tap.frame("terminal", True, conn.local_address, conn.peer_address, frame)
         if frame.is_keepalive:
             return
         try:
@@ -303,6 +317,8 @@ class GatewayService:
         log.warning("terminal_framing_error", conn=conn.conn_id, peer=conn.peer, error=str(error))
 
     def on_terminal_closed(self, conn: TerminalConnection) -> None:
+        if self.tap is not None:
+            self.tap.connection_closed("terminal", conn.local_address, conn.peer_address)
         if self.core is not None:
             self._dispatch(TerminalClosed(conn.conn_id))
 
@@ -313,10 +329,20 @@ class GatewayService:
     # acquirer (LinkListener) ------------------------------------------------------------
 
     def on_link_up(self, link: AcquirerLink) -> None:
+        if self.tap is not None and link.connection is not None:
+            connection = link.connection
+            self.tap.connection_opened(
+                "acquirer", connection.local_address, connection.peer_address
+            )
         self.sink.notify("acquirer_link_up", {"link_id": link.link_id, "address": _addr(link)})
         self._dispatch(LinkUp(link.link_id))
 
     def on_link_down(self, link: AcquirerLink) -> None:
+        if self.tap is not None and link.connection is not None:
+            connection = link.connection
+            self.tap.connection_closed(
+                "acquirer", connection.local_address, connection.peer_address
+            )
         # Sends still waiting for the journal were never written: drop them before the core
         # hears of the loss, so they cannot reach a reconnected link after their reversal.
         if self._held_sends:
@@ -325,6 +351,11 @@ class GatewayService:
         self._dispatch(LinkDown(link.link_id))
 
     def on_link_message(self, link: AcquirerLink, frame: Frame, view: FieldView) -> None:
+        if self.tap is not None and link.connection is not None:
+            connection = link.connection
+            self.tap.frame(
+                "acquirer", True, connection.local_address, connection.peer_address, frame
+            )
         try:
             fields = view.fields(self._response_fields)
         except CodecError as error:

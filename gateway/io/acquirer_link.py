@@ -109,6 +109,11 @@ class AcquirerLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    @property
+    def connection(self) -> FramedProtocol | None:
+        """The current connection, if any (for its addresses)."""
+        return self._protocol
+
     def send(self, frame: Frame) -> bool:
         """Write a frame; False when the link is not up (nothing was written)."""
         protocol = self._protocol

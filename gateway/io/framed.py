@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Callable
 from typing import cast
 
+from gateway.io.tap import Address, addresses
 from gateway.wire.framing import Frame, FrameDecoder, Framing, FramingError, encode_frame
 
 
@@ -26,6 +27,8 @@ class FramedProtocol(asyncio.Protocol):
         self._decoder = FrameDecoder(framing)
         self.transport: asyncio.Transport | None = None
         self.peer: str = "?"
+        self.local_address: Address = ("?", 0)
+        self.peer_address: Address = ("?", 0)
         self.closed = asyncio.get_running_loop().create_future()
 
     # asyncio.Protocol ---------------------------------------------------------------------
@@ -33,9 +36,8 @@ class FramedProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # cast, not isinstance: uvloop's transports do not subclass asyncio.Transport.
         self.transport = cast(asyncio.Transport, transport)
-        peer = self.transport.get_extra_info("peername")
-        if isinstance(peer, tuple) and len(peer) >= 2:
-            self.peer = f"{peer[0]}:{peer[1]}"
+        self.local_address, self.peer_address = addresses(transport)
+        self.peer = f"{self.peer_address[0]}:{self.peer_address[1]}"
         self.on_connected()
 
     def data_received(self, data: bytes) -> None:

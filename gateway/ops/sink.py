@@ -31,7 +31,8 @@ class FanOut:
     """Send every event to several sinks; one failing sink never stops the others."""
 
     def __init__(self, sinks: Sequence[EventSink]) -> None:
-        self._sinks = tuple(sinks)
+        # The list is shared, not copied: components built after the service add their sinks.
+        self._sinks = sinks
 
     def notify(self, kind: str, data: Mapping[str, Any]) -> None:
         for sink in self._sinks:

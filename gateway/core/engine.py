@@ -1,0 +1,1179 @@
+"""GatewayCore: every decision of the gateway, as a sans-IO state machine.
+
+Events and the current wall-clock time go in; commands come out in the order they must be
+carried out (docs: reversal-rules.md). The core never reads a clock, sleeps or does I/O: its
+timers are deadlines that the shell honours through ``next_deadline`` and ``on_timer``.
+
+What it tracks (gateway/core/tracking.py): ``Pending`` requests on the wire, which linger
+``duplicate_window`` seconds after their answer to serve duplicates and recognise late
+responses; journaled ``Authorization``s; and their ``Reversal``s, each with its own timer so
+that one stuck reversal never holds up another.
+
+Choices where the rules leave room:
+
+- Link choice: primary first, the lowest ``link_id`` that is up.
+- Approval: DE 39 in ``settings.approval_codes``; anything else (or no DE 39) is a decline.
+- A response is found by its MTI and DE 11 (one dict lookup), then compared on the other
+  match fields both sides carry; a request still awaiting its answer wins over one answered.
+- ``delivery_ref`` values are the core's own counter, one per write: an approval can go to
+  several connections (duplicates), and it is delivered if any of the writes succeeds.
+- Persist order: a new reversal is journaled before its authorization turns REVERSING, and an
+  authorization is closed before its reversal. After a crash (the journal keeps a prefix of
+  what was persisted) an open reversal always finds its authorization open or closed, and an
+  open authorization without a reversal is in doubt.
+- A reversal sent on a link that broke goes again as a repeat, not counted as a failure.
+- ``reversal_drain_rate`` paces the reversals that waited for a link (or were recovered,
+  requeued, or lost their link), not the first attempt of a fresh one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from gateway.core import notices
+from gateway.core.clock import transmission_time
+from gateway.core.commands import (
+    Command,
+    ForwardToAcquirer,
+    ForwardToTerminal,
+    Notify,
+    Persist,
+    ReplyToTerminal,
+    SendToAcquirer,
+)
+from gateway.core.events import (
+    AcquirerResponse,
+    DeliveryResult,
+    Event,
+    LinkDown,
+    LinkUp,
+    ReversalRequeued,
+    TerminalClosed,
+    TerminalRequest,
+)
+from gateway.core.keys import (
+    DuplicateKey,
+    RepeatKey,
+    duplicate_key,
+    repeat_key,
+    values_agree,
+    values_of,
+)
+from gateway.core.mti import (
+    MtiInfo,
+    attempt_mti,
+    base_mti,
+    classify,
+    is_valid_mti,
+    response_mti,
+)
+from gateway.core.records import (
+    OPEN_AUTH_STATES,
+    AuthorizationRecord,
+    AuthState,
+    ReversalReason,
+    ReversalRecord,
+    ReversalState,
+)
+from gateway.core.reversal import (
+    reversal_message_fields,
+    reversal_source_fields,
+    source_field_names,
+    terminal_reversal_fields,
+)
+from gateway.core.schedule import DrainPacer, retry_delay
+from gateway.core.settings import CoreSettings
+from gateway.core.stan import StanAllocator, StanExhausted
+from gateway.core.timers import TimerHeap
+from gateway.core.tracking import Authorization, IndexKey, Pending, Phase, Reversal, Waiter
+from gateway.wire.dialect import Dialect
+
+APPROVED_BY_GATEWAY = "00"  # DE 39 of a 0410 the gateway answers itself
+_MERGEABLE = (ReversalState.OWED, ReversalState.SENT, ReversalState.FAILED)
+_CLOSED_REVERSAL = (ReversalState.ACKNOWLEDGED, ReversalState.CANCELLED)
+_NO_REPLACE: Mapping[str, str] = {}
+
+_Matchable = Pending | Reversal
+_Timed = Pending | Reversal | Authorization
+_ConnWait = Pending | Reversal | int  # int: a delivery ref
+
+
+class GatewayCore:
+    """Events in, commands out. See the module docstring and docs/reversal-rules.md."""
+
+    def __init__(
+        self,
+        dialect: Dialect,
+        settings: CoreSettings,
+        *,
+        now: float,
+        open_authorizations: Iterable[AuthorizationRecord] = (),
+        open_reversals: Iterable[ReversalRecord] = (),
+        next_txn_id: int = 1,
+        next_reversal_id: int = 1,
+        stan_seed: int = 1,
+    ) -> None:
+        self.dialect = dialect
+        self.settings = settings
+        self._rules = dialect.reversal
+        self._match_fields = dialect.match_fields
+        self._duplicate_fields = dialect.duplicate_fields
+        self._echo_fields = tuple(
+            name for name in dialect.response_echo_fields if name not in dialect.sensitive_fields
+        )
+        self._source_fields = source_field_names(dialect)
+        # Responses are found by (MTI, this field) in one lookup, then compared on the rest.
+        self._index_field = "11" if "11" in dialect.match_fields else dialect.match_fields[0]
+        self._rewrite = settings.stan_mode == "rewrite"
+        self._stans = StanAllocator(stan_seed)
+        self._next_txn_id = next_txn_id
+        self._next_reversal_id = next_reversal_id
+        self._next_delivery_ref = 1
+
+        self._links_up: set[int] = set()
+        self._primary: int | None = None
+        self._pacer = DrainPacer(settings.reversal_drain_rate, now)
+        self._timers: TimerHeap[_Timed] = TimerHeap()
+
+        # Lookups. Dicts, not sets, wherever the core iterates: command order must never
+        # depend on object ids (the simulation replays a seed step for step).
+        self._index: dict[IndexKey, list[_Matchable]] = {}
+        self._by_duplicate: dict[DuplicateKey, Pending] = {}
+        self._by_repeat: dict[RepeatKey, Pending] = {}
+        self._by_terminal: dict[tuple[str | None, str | None], list[Authorization]] = {}
+        self._awaiting: dict[Pending, None] = {}
+        self._conn_waits: dict[int, dict[_ConnWait, None]] = {}
+        self._deliveries: dict[int, tuple[Authorization, int]] = {}  # ref -> (auth, conn)
+        self._reversals: dict[int, Reversal] = {}  # OWED and SENT
+        self._failed: dict[int, Reversal] = {}
+        self._parked: dict[Reversal, None] = {}  # OWED, waiting for a link
+        self._lingering = 0
+        self._open_auths = 0
+        self._in_doubt: list[Authorization] = []
+        self._restore(open_authorizations, open_reversals, now)
+
+    # the API the shell calls ------------------------------------------------------------------
+
+    def recover(self, now: float) -> list[Command]:
+        """After a restart: owe a reversal (in_doubt) for every open authorization without one.
+
+        IN_FLIGHT and APPROVED authorizations may hold funds the terminal never learned of.
+        Open OWED/SENT reversals resume: they wait for a link and leave at the drain rate.
+        FAILED ones stay failed until an operator requeues them.
+        """
+        out: list[Command] = []
+        for auth in self._in_doubt:
+            if auth.reversal is None:
+                self._owe_reversal(auth, ReversalReason.IN_DOUBT, now, out)
+            elif auth.state is not AuthState.REVERSING:
+                auth.state = AuthState.REVERSING
+                auth.updated_at = now
+                out.append(Persist(auth.record()))
+        self._in_doubt = []
+        self._drain(now)
+        return out
+
+    def handle(self, event: Event, now: float) -> list[Command]:
+        out: list[Command] = []
+        if isinstance(event, TerminalRequest):
+            self._on_terminal_request(event, now, out)
+        elif isinstance(event, AcquirerResponse):
+            self._on_acquirer_response(event, now, out)
+        elif isinstance(event, DeliveryResult):
+            self._on_delivery_result(event, now, out)
+        elif isinstance(event, TerminalClosed):
+            self._on_terminal_closed(event, now, out)
+        elif isinstance(event, LinkUp):
+            self._on_link_up(event, now)
+        elif isinstance(event, LinkDown):
+            self._on_link_down(event, now, out)
+        elif isinstance(event, ReversalRequeued):
+            self._on_reversal_requeued(event, now, out)
+        else:
+            raise TypeError(f"GatewayCore.handle: unknown event type {type(event).__name__}")
+        return out
+
+    def on_timer(self, now: float) -> list[Command]:
+        """Fire every timer due at or before ``now``, earliest first."""
+        out: list[Command] = []
+        for target in self._timers.due(now):
+            if isinstance(target, Pending):
+                self._on_pending_timer(target, now, out)
+            elif isinstance(target, Reversal):
+                self._on_reversal_timer(target, now, out)
+            else:
+                self._forget_auth_if_done(target, now)
+        return out
+
+    def next_deadline(self) -> float | None:
+        return self._timers.next_deadline()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "in_flight": len(self._awaiting),
+            "lingering": self._lingering,
+            "authorizations_open": self._open_auths,
+            "reversals_owed": len(self._reversals),
+            "reversals_waiting_for_link": len(self._parked),
+            "reversals_failed": len(self._failed),
+            "links_up": len(self._links_up),
+            "stans_in_use": len(self._stans),
+            "timers": len(self._timers),
+        }
+
+    def oldest_owed_reversal_age(self, now: float) -> float | None:
+        """Age of the oldest OWED/SENT reversal (a scan: for metrics, not per message)."""
+        if not self._reversals:
+            return None
+        return now - min(rev.created_at for rev in self._reversals.values())
+
+    # restart -------------------------------------------------------------------------------------
+
+    def _restore(
+        self,
+        authorizations: Iterable[AuthorizationRecord],
+        reversals: Iterable[ReversalRecord],
+        now: float,
+    ) -> None:
+        auths: dict[int, Authorization] = {}
+        for record in authorizations:
+            if record.state not in OPEN_AUTH_STATES:
+                continue
+            auth = Authorization.from_record(record)
+            auths[auth.txn_id] = auth
+            self._open_auths += 1
+            self._by_terminal.setdefault((auth.terminal_id, auth.stan), []).append(auth)
+            self._next_txn_id = max(self._next_txn_id, auth.txn_id + 1)
+        for saved in reversals:
+            if saved.state not in _MERGEABLE:
+                continue
+            owner = auths.get(saved.txn_id)
+            rev = self._track_reversal(
+                reversal_id=saved.reversal_id,
+                auth=owner,
+                txn_id=saved.txn_id,
+                created_at=saved.created_at,
+                reason=saved.reason,
+                mti=saved.mti,
+                stan=saved.stan,
+                fields=dict(saved.fields),
+                tpdu=saved.tpdu,
+                header=saved.header,
+                # one past its expiry at restart still gets one more attempt
+                expires_at=max(saved.created_at + self.settings.reversal_expiry, now),
+            )
+            self._stans.hold(saved.stan)
+            rev.updated_at = saved.updated_at
+            rev.attempts = saved.attempts
+            # Sent before the crash, or requeued after attempts (updated since created).
+            rev.sent_before = saved.attempts > 0 or saved.updated_at > saved.created_at
+            rev.last_response_code = saved.last_response_code
+            self._next_reversal_id = max(self._next_reversal_id, rev.reversal_id + 1)
+            if owner is not None:
+                owner.reversal = rev
+            if saved.state is ReversalState.FAILED:
+                rev.state = ReversalState.FAILED
+                self._failed[rev.reversal_id] = rev
+            else:
+                # A SENT one lost its answer with the old connection: it goes again.
+                rev.next_attempt_at = saved.next_attempt_at
+                self._reversals[rev.reversal_id] = rev
+                self._park(rev)
+        self._in_doubt = list(auths.values())
+
+    # terminal requests ---------------------------------------------------------------------------
+
+    def _on_terminal_request(self, event: TerminalRequest, now: float, out: list[Command]) -> None:
+        info = classify(event.mti)
+        if not info.valid or info.response:
+            out.append(
+                Notify(notices.REQUEST_REJECTED, {"mti": event.mti, "reason": "not_a_request"})
+            )
+            return
+        fields = event.fields
+        if info.reversal:
+            auth = self._find_original(fields)
+            if auth is not None:
+                self._on_terminal_reversal(event, auth, now, out)
+                return
+        dup_key = duplicate_key(info.base, fields, self._duplicate_fields)
+        original = self._by_duplicate.get(dup_key)
+        if original is None and info.repeat:
+            original = self._by_repeat.get(repeat_key(info.base, fields))
+            if original is not None and not _same_amount(original.fields, fields):
+                original = None
+        if original is not None:
+            self._on_duplicate(event, original, out)
+        elif len(self._awaiting) >= self.settings.max_in_flight:
+            self._decline_at_once(event, "overloaded", out)
+        elif self._primary is None:
+            self._decline_at_once(event, "no_link", out)
+        else:
+            self._forward_request(event, info, dup_key, now, out)
+
+    def _forward_request(
+        self,
+        event: TerminalRequest,
+        info: MtiInfo,
+        dup_key: DuplicateKey,
+        now: float,
+        out: list[Command],
+    ) -> None:
+        fields = event.fields
+        base = info.base
+        frame = event.frame
+        link_id = self._primary
+        assert link_id is not None
+        terminal_stan = fields.get("11")
+        acquirer_stan = terminal_stan
+        replace = restore = _NO_REPLACE
+        acquirer_fields = fields
+        if self._rewrite and terminal_stan is not None:
+            try:
+                acquirer_stan = self._stans.allocate()
+            except StanExhausted:
+                self._decline_at_once(event, "no_stan", out)
+                return
+            replace = {"11": acquirer_stan}
+            restore = {"11": terminal_stan}
+            acquirer_fields = {**fields, **replace}
+        pending = Pending(
+            mti=event.mti,
+            fields=fields,
+            conns=[event.conn_id],
+            link_id=link_id,
+            index_key=(info.response_mti, acquirer_fields.get(self._index_field)),
+            match_values=values_of(acquirer_fields, self._match_fields),
+            dup_key=dup_key,
+            repeat_key=repeat_key(base, fields),
+            terminal_stan=terminal_stan,
+            acquirer_stan=acquirer_stan,
+            owns_stan=bool(restore),
+            restore=restore,
+            tpdu=frame.tpdu,
+            header=frame.header,
+        )
+        if self.dialect.is_reversible(base, fields.get("3")):
+            auth = Authorization(
+                txn_id=self._next_txn_id,
+                created_at=now,
+                updated_at=now,
+                state=AuthState.IN_FLIGHT,
+                mti=event.mti,
+                terminal_id=fields.get("41"),
+                stan=terminal_stan,
+                acquirer_stan=acquirer_stan,
+                rrn=fields.get("37"),
+                amount=fields.get("4"),
+                transmission_time=fields.get("7"),
+                tpdu=frame.tpdu,
+                header=frame.header,
+                reversal_fields=reversal_source_fields(
+                    fields, self.dialect, acquirer_stan, self._source_fields
+                ),
+                pending=pending,
+            )
+            self._next_txn_id += 1
+            self._open_auths += 1
+            pending.auth = auth
+            self._by_terminal.setdefault((auth.terminal_id, terminal_stan), []).append(auth)
+            # Journal before you send: the shell holds the forward until this is durable.
+            out.append(Persist(auth.record()))
+        out.append(ForwardToAcquirer(link_id, frame, replace))
+        self._index.setdefault(pending.index_key, []).append(pending)
+        self._by_duplicate[dup_key] = pending
+        self._by_repeat[pending.repeat_key] = pending
+        self._awaiting[pending] = None
+        self._wait_on_conn(event.conn_id, pending)
+        self._timers.arm(pending, now + self.settings.acquirer_timeout)
+
+    def _decline_at_once(self, event: TerminalRequest, outcome: str, out: list[Command]) -> None:
+        """Answer a request the gateway does not forward: nothing sent, nothing owed."""
+        frame = event.frame
+        out.append(
+            ReplyToTerminal(
+                event.conn_id,
+                response_mti(event.mti),
+                self._decline_fields(event.fields),
+                frame.tpdu,
+                frame.header,
+            )
+        )
+        data = notices.request_data(event.mti, event.fields, outcome)
+        out.append(Notify(notices.TRANSACTION_COMPLETED, data))
+
+    def _on_duplicate(self, event: TerminalRequest, original: Pending, out: list[Command]) -> None:
+        """The same request again: never forwarded twice; it shares the one answer."""
+        conn_id = event.conn_id
+        auth = original.auth
+        if original.phase is Phase.AWAITING:
+            outcome = "waiting"
+            if conn_id not in original.conns:
+                original.conns.append(conn_id)
+                self._wait_on_conn(conn_id, original)
+        elif auth is not None and auth.state is AuthState.APPROVED:
+            # The approval is being written to the first connection: this one gets it too,
+            # and the approval is delivered if either write succeeds.
+            outcome = "cached"
+            self._deliver(auth, conn_id, original, out)
+        elif original.phase is Phase.ANSWERED and (
+            auth is None or auth.state in (AuthState.DELIVERED, AuthState.DECLINED)
+        ):
+            outcome = "cached"
+            assert original.answer is not None
+            out.append(ForwardToTerminal(conn_id, original.answer, original.restore))
+        else:
+            # Timed out, abandoned or being reversed: the answer is the gateway's decline.
+            outcome = "declined"
+            out.append(
+                ReplyToTerminal(
+                    conn_id,
+                    response_mti(original.mti),
+                    self._decline_fields(original.fields),
+                    original.tpdu,
+                    original.header,
+                )
+            )
+        data = notices.request_data(event.mti, event.fields, outcome, auth)
+        out.append(Notify(notices.DUPLICATE_REQUEST, data))
+
+    # acquirer responses --------------------------------------------------------------------------
+
+    def _on_acquirer_response(
+        self, event: AcquirerResponse, now: float, out: list[Command]
+    ) -> None:
+        info = classify(event.mti)
+        target = self._match(event.mti, event.fields) if info.valid and info.response else None
+        if target is None:
+            reason = "no_request" if info.valid and info.response else "not_a_response"
+            data = notices.response_data(event.mti, event.fields, event.link_id, reason)
+            out.append(Notify(notices.UNMATCHED_RESPONSE, data))
+        elif isinstance(target, Reversal):
+            self._on_reversal_response(target, event, now, out)
+        elif target.phase is Phase.AWAITING:
+            self._on_answer(target, event, now, out)
+        elif target.phase is Phase.ANSWERED:
+            reason = "already_answered"
+            data = notices.response_data(event.mti, event.fields, event.link_id, reason)
+            out.append(Notify(notices.UNMATCHED_RESPONSE, data))
+        else:
+            self._on_late_response(target, event, now, out)
+
+    def _match(self, mti: str, fields: Mapping[str, str]) -> _Matchable | None:
+        candidates = self._index.get((mti, fields.get(self._index_field)))
+        if not candidates:
+            return None
+        values = values_of(fields, self._match_fields)
+        fallback: _Matchable | None = None
+        for candidate in candidates:
+            if values_agree(candidate.match_values, values):
+                if isinstance(candidate, Pending):
+                    if candidate.phase is Phase.AWAITING:
+                        return candidate
+                elif candidate.state is ReversalState.SENT:
+                    return candidate
+                if fallback is None:
+                    fallback = candidate
+        return fallback
+
+    def _on_answer(
+        self, pending: Pending, event: AcquirerResponse, now: float, out: list[Command]
+    ) -> None:
+        code = event.fields.get("39")
+        approved = code in self.settings.approval_codes
+        auth = pending.auth
+        if auth is None and base_mti(pending.mti) not in self.dialect.reversible_mtis:
+            outcome = "answered"
+        else:
+            outcome = "approved" if approved else "declined"
+        data = notices.request_data(pending.mti, pending.fields, outcome, auth, code)
+        out.append(Notify(notices.TRANSACTION_COMPLETED, data))
+        self._settle(pending, Phase.ANSWERED, now)
+        pending.answer = event.frame
+        conns, pending.conns = pending.conns, []
+        if auth is None:
+            for conn_id in conns:
+                out.append(ForwardToTerminal(conn_id, event.frame, pending.restore))
+        elif approved:
+            auth.state = AuthState.APPROVED
+            auth.updated_at = now
+            auth.response_code = code
+            approval_code = event.fields.get("38")
+            if approval_code:
+                auth.approval_code = approval_code
+                auth.reversal_fields = {**auth.reversal_fields, "38": approval_code}
+            out.append(Persist(auth.record()))
+            for conn_id in conns:
+                self._deliver(auth, conn_id, pending, out)
+            if not conns:
+                data = notices.auth_data(auth, "closed")
+                out.append(Notify(notices.UNDELIVERABLE_RESPONSE, data))
+                self._owe_reversal(auth, ReversalReason.UNDELIVERABLE, now, out)
+        else:
+            auth.response_code = code
+            self._close_auth(auth, AuthState.DECLINED, now, out)
+            for conn_id in conns:
+                out.append(ForwardToTerminal(conn_id, event.frame, pending.restore))
+
+    def _on_late_response(
+        self, pending: Pending, event: AcquirerResponse, now: float, out: list[Command]
+    ) -> None:
+        """An answer after the gateway gave up on its request: never forwarded (the terminal
+        has its decline). An approval keeps the reversal going; a decline may cancel it."""
+        code = event.fields.get("39")
+        data = notices.response_data(event.mti, event.fields, event.link_id, "late")
+        out.append(Notify(notices.LATE_RESPONSE, data))
+        auth = pending.auth
+        if auth is None or auth.state is not AuthState.REVERSING:
+            return
+        rev = auth.reversal
+        not_sent = rev is not None and rev.state is ReversalState.OWED and not rev.sent_before
+        if code in self.settings.approval_codes:
+            auth.response_code = code
+            approval_code = event.fields.get("38")
+            if approval_code and not auth.approval_code:
+                auth.approval_code = approval_code
+                auth.reversal_fields = {**auth.reversal_fields, "38": approval_code}
+                if rev is not None and not_sent and self._rules.include_approval_code:
+                    rev.fields = {**rev.fields, "38": approval_code}
+                    rev.updated_at = now
+                    out.append(Persist(rev.record()))
+            auth.updated_at = now
+            out.append(Persist(auth.record()))
+        elif rev is not None and not_sent and self.settings.late_decline_cancels:
+            auth.response_code = code
+            self._close_auth(auth, AuthState.DECLINED, now, out)
+            data = notices.reversal_data(rev)
+            self._close_reversal(rev, ReversalState.CANCELLED, now, out)
+            out.append(Notify(notices.REVERSAL_CANCELLED, {**data, "state": rev.state.value}))
+            # A terminal that asked for this reversal is answered: nothing is held.
+            self._answer_waiters(rev, APPROVED_BY_GATEWAY, out)
+
+    # delivery of approvals -----------------------------------------------------------------------
+
+    def _deliver(
+        self, auth: Authorization, conn_id: int, pending: Pending, out: list[Command]
+    ) -> None:
+        """Write an approval to a terminal and ask the shell how the write went."""
+        assert pending.answer is not None
+        ref = self._next_delivery_ref
+        self._next_delivery_ref += 1
+        self._deliveries[ref] = (auth, conn_id)
+        auth.deliveries[ref] = None
+        self._wait_on_conn(conn_id, ref)
+        out.append(ForwardToTerminal(conn_id, pending.answer, pending.restore, ref))
+
+    def _on_delivery_result(self, event: DeliveryResult, now: float, out: list[Command]) -> None:
+        entry = self._deliveries.pop(event.delivery_ref, None)
+        if entry is None:
+            return  # its connection closed first, or the authorization was settled otherwise
+        auth, conn_id = entry
+        waits = self._conn_waits.get(conn_id)
+        if waits is not None:
+            waits.pop(event.delivery_ref, None)
+        self._delivery_done(auth, event.delivery_ref, event.ok, now, out)
+
+    def _delivery_done(
+        self, auth: Authorization, ref: int, ok: bool, now: float, out: list[Command]
+    ) -> None:
+        auth.deliveries.pop(ref, None)
+        if auth.state is not AuthState.APPROVED:
+            return
+        if ok:
+            self._drop_deliveries(auth)
+            self._close_auth(auth, AuthState.DELIVERED, now, out)
+        elif not auth.deliveries:
+            data = notices.auth_data(auth, "write_failed")
+            out.append(Notify(notices.UNDELIVERABLE_RESPONSE, data))
+            self._owe_reversal(auth, ReversalReason.UNDELIVERABLE, now, out)
+
+    def _drop_deliveries(self, auth: Authorization) -> None:
+        """Writes still unreported no longer matter: their results will be ignored."""
+        for ref in auth.deliveries:
+            entry = self._deliveries.pop(ref, None)
+            if entry is not None:
+                waits = self._conn_waits.get(entry[1])
+                if waits is not None:
+                    waits.pop(ref, None)
+        auth.deliveries.clear()
+
+    # timeouts, links and connections -------------------------------------------------------------
+
+    def _on_pending_timer(self, pending: Pending, now: float, out: list[Command]) -> None:
+        if pending.phase is Phase.AWAITING:
+            self._give_up(pending, ReversalReason.TIMEOUT, now, out)
+        elif now < pending.forget_at:
+            self._timers.arm(pending, pending.forget_at)
+        elif pending.auth is None or pending.auth.closed_at is not None:
+            self._forget(pending, now)
+        # else: its authorization is still open (being reversed): a resend must still be
+        # recognised as a duplicate, never forwarded. Closing the authorization re-arms it.
+
+    def _give_up(
+        self, pending: Pending, reason: ReversalReason, now: float, out: list[Command]
+    ) -> None:
+        """No answer in time, or its link broke: the request may have reached the acquirer,
+        so a reversible one is reversed; the terminal gets a decline."""
+        outcome = "timeout" if reason is ReversalReason.TIMEOUT else "link_down"
+        auth = pending.auth
+        data = notices.request_data(pending.mti, pending.fields, outcome, auth)
+        out.append(Notify(notices.TRANSACTION_COMPLETED, data))
+        declines = auth is not None or base_mti(pending.mti) in self.dialect.reversible_mtis
+        if declines:
+            decline = self._decline_fields(pending.fields)
+            resp_mti = response_mti(pending.mti)
+            for conn_id in pending.conns:
+                out.append(
+                    ReplyToTerminal(conn_id, resp_mti, decline, pending.tpdu, pending.header)
+                )
+        self._settle(pending, Phase.TIMED_OUT, now)
+        pending.conns = []
+        if not declines:
+            # Advices, network management, ...: nothing to answer, nothing held. Forget it
+            # so that the terminal's own retry goes through.
+            self._forget(pending, now)
+        elif auth is not None:
+            self._owe_reversal(auth, reason, now, out)
+
+    def _on_link_up(self, event: LinkUp, now: float) -> None:
+        self._links_up.add(event.link_id)
+        self._primary = min(self._links_up)
+        self._drain(now)
+
+    def _on_link_down(self, event: LinkDown, now: float, out: list[Command]) -> None:
+        link_id = event.link_id
+        self._links_up.discard(link_id)
+        self._primary = min(self._links_up) if self._links_up else None
+        for pending in [p for p in self._awaiting if p.link_id == link_id]:
+            self._give_up(pending, ReversalReason.LINK_LOST, now, out)
+        for rev in list(self._reversals.values()):
+            if rev.state is ReversalState.SENT and rev.link_id == link_id:
+                # Not a failed attempt: it goes again, as a repeat, on the next link.
+                rev.state = ReversalState.OWED
+                rev.link_id = None
+                rev.forwarded = None
+                self._schedule_soon(rev, now)
+
+    def _wait_on_conn(self, conn_id: int, item: _ConnWait) -> None:
+        self._conn_waits.setdefault(conn_id, {})[item] = None
+
+    def _on_terminal_closed(self, event: TerminalClosed, now: float, out: list[Command]) -> None:
+        """What the connection waited for stays owned by the core; only the answer has
+        nowhere to go (an approval arriving later is reversed as undeliverable)."""
+        conn_id = event.conn_id
+        for item in self._conn_waits.pop(conn_id, ()):
+            if isinstance(item, int):
+                entry = self._deliveries.pop(item, None)
+                if entry is not None:
+                    self._delivery_done(entry[0], item, False, now, out)
+            elif isinstance(item, Pending):
+                if conn_id in item.conns:
+                    item.conns.remove(conn_id)
+            else:
+                item.waiters.pop(conn_id, None)
+                if item.forwarded is not None and item.forwarded[0] == conn_id:
+                    item.forwarded = None
+
+    # terminal-initiated reversals ----------------------------------------------------------------
+
+    def _find_original(self, fields: Mapping[str, str]) -> Authorization | None:
+        """The authorization a terminal's reversal refers to: by DE 90 (original MTI, STAN,
+        DE 7) and DE 41 when it carries DE 90, else by DE 41 + DE 11 + DE 4 (CUP terminals
+        resend the original's STAN)."""
+        terminal_id = fields.get("41")
+        original_data = fields.get("90")
+        if original_data and len(original_data) >= 20:
+            original_mti = original_data[:4]
+            if not is_valid_mti(original_mti):
+                return None
+            sent_at = original_data[10:20]
+            base = base_mti(original_mti)
+            for auth in reversed(self._by_terminal.get((terminal_id, original_data[4:10]), ())):
+                if (auth.transmission_time or "0000000000") == sent_at and base_mti(
+                    auth.mti
+                ) == base:
+                    return auth
+            return None
+        amount = fields.get("4")
+        for auth in reversed(self._by_terminal.get((terminal_id, fields.get("11")), ())):
+            if amount is None or auth.amount is None or auth.amount == amount:
+                return auth
+        return None
+
+    def _on_terminal_reversal(
+        self, event: TerminalRequest, auth: Authorization, now: float, out: list[Command]
+    ) -> None:
+        """Exactly one reversal per original, whoever asks for it."""
+        rev = auth.reversal
+        if rev is not None and rev.state is ReversalState.ACKNOWLEDGED:
+            outcome = "answered"
+            self._answer(self._waiter(event), APPROVED_BY_GATEWAY, out)
+        elif rev is not None and rev.state in _MERGEABLE:
+            outcome = "merged"
+            if event.conn_id not in rev.waiters:
+                rev.waiters[event.conn_id] = self._waiter(event)
+                self._wait_on_conn(event.conn_id, rev)
+            if rev.state is ReversalState.FAILED:
+                self._requeue(rev, now, out)
+        elif self._primary is None:
+            # Owed from now on, sent when a link is up. The terminal gets a decline now; its
+            # own repeat will find this reversal.
+            outcome = "no_link"
+            rev = self._open_terminal_reversal(event, auth, now, out)
+            self._park(rev)
+            frame = event.frame
+            decline = self._decline_fields(event.fields)
+            out.append(
+                ReplyToTerminal(
+                    event.conn_id, response_mti(event.mti), decline, frame.tpdu, frame.header
+                )
+            )
+        else:
+            outcome = "forwarded"
+            rev = self._forward_terminal_reversal(event, auth, now, out)
+        data = notices.request_data(event.mti, event.fields, outcome, auth)
+        if rev is not None:
+            data["reversal_id"] = rev.reversal_id
+        out.append(Notify(notices.TERMINAL_REVERSAL, data))
+
+    def _forward_terminal_reversal(
+        self, event: TerminalRequest, auth: Authorization, now: float, out: list[Command]
+    ) -> Reversal:
+        """The terminal's own reversal goes upstream and becomes THE reversal of its original;
+        if it is not acknowledged the gateway repeats it like one of its own."""
+        link_id = self._primary
+        assert link_id is not None
+        fields = event.fields
+        rev = self._open_terminal_reversal(event, auth, now, out)
+        replace: dict[str, str] = {}
+        restore: dict[str, str] = {}
+        terminal_stan = fields.get("11")
+        if terminal_stan is not None and terminal_stan != rev.stan:
+            replace["11"] = rev.stan
+            restore["11"] = terminal_stan
+        if "90" in fields and rev.fields.get("90") != fields["90"]:
+            replace["90"] = rev.fields["90"]
+        rev.waiters[event.conn_id] = self._waiter(event)
+        self._wait_on_conn(event.conn_id, rev)
+        rev.forwarded = (event.conn_id, restore)
+        self._mark_sent(rev, link_id, now, out)
+        out.append(ForwardToAcquirer(link_id, event.frame, replace))
+        return rev
+
+    def _open_terminal_reversal(
+        self, event: TerminalRequest, auth: Authorization, now: float, out: list[Command]
+    ) -> Reversal:
+        """Journal the terminal's reversal as THE reversal of ``auth``; repeats resend it."""
+        self._abandon_original(auth, now)
+        fields = event.fields
+        stan = fields.get("11")
+        if self._rewrite or stan is None:
+            stan = self._reversal_stan(auth)
+        else:
+            self._stans.hold(stan)
+        original_data: str | None = None
+        if self._rewrite and "90" in fields and auth.acquirer_stan is not None:
+            # DE 90 names the original by the STAN the acquirer saw, not the terminal's.
+            original_data = fields["90"][:4] + auth.acquirer_stan + fields["90"][10:]
+        message = terminal_reversal_fields(
+            fields,
+            self.dialect,
+            stan=stan,
+            reason_code=self._reason_code(ReversalReason.TERMINAL),
+            original_data=original_data,
+        )
+        return self._open_reversal(
+            auth,
+            ReversalReason.TERMINAL,
+            now,
+            out,
+            mti=base_mti(event.mti),
+            stan=stan,
+            fields=message,
+        )
+
+    def _abandon_original(self, auth: Authorization, now: float) -> None:
+        """The terminal reversed an authorization in flight or being delivered: it gave up
+        on it, so its answer is never forwarded."""
+        pending = auth.pending
+        if pending is not None and pending.phase is Phase.AWAITING:
+            self._settle(pending, Phase.ABANDONED, now)
+            pending.conns = []
+        self._drop_deliveries(auth)
+
+    def _waiter(self, event: TerminalRequest) -> Waiter:
+        fields = event.fields
+        echo = {name: fields[name] for name in self._echo_fields if name in fields}
+        return Waiter(event.conn_id, event.mti, echo, event.frame.tpdu, event.frame.header)
+
+    def _answer(self, waiter: Waiter, code: str, out: list[Command]) -> None:
+        """The gateway's own 0410/0430 to a terminal's reversal."""
+        fields = {**waiter.fields, "39": code}
+        resp_mti = response_mti(waiter.mti)
+        out.append(ReplyToTerminal(waiter.conn_id, resp_mti, fields, waiter.tpdu, waiter.header))
+
+    def _answer_waiters(self, rev: Reversal, code: str, out: list[Command]) -> None:
+        for waiter in rev.waiters.values():
+            self._answer(waiter, code, out)
+            waits = self._conn_waits.get(waiter.conn_id)
+            if waits is not None:
+                waits.pop(rev, None)
+        rev.waiters = {}
+
+    # reversals -----------------------------------------------------------------------------------
+
+    def _owe_reversal(
+        self, auth: Authorization, reason: ReversalReason, now: float, out: list[Command]
+    ) -> None:
+        """A reversal is owed: journal it, then send it now or as soon as a link is up."""
+        stan = self._reversal_stan(auth)
+        message = reversal_message_fields(
+            auth.mti,
+            auth.reversal_fields,
+            self._rules,
+            stan=stan,
+            reason_code=self._reason_code(reason),
+            approval_code=auth.approval_code,
+        )
+        rev = self._open_reversal(
+            auth, reason, now, out, mti=self._rules.mti, stan=stan, fields=message
+        )
+        if self._primary is None:
+            self._park(rev)
+        else:
+            self._send_attempt(rev, now, out)
+
+    def _reason_code(self, reason: ReversalReason) -> str:
+        codes = self._rules.reason_codes
+        return codes.get(reason.value) or codes.get("other") or "06"
+
+    def _reversal_stan(self, auth: Authorization) -> str:
+        """DE 11 of a reversal: the original's (as the acquirer saw it) where the dialect says
+        so, else a new one. Held by the allocator until the reversal closes."""
+        if self._rules.stan == "original" and auth.acquirer_stan is not None:
+            self._stans.hold(auth.acquirer_stan)
+            return auth.acquirer_stan
+        return self._stans.allocate()
+
+    def _open_reversal(
+        self,
+        auth: Authorization,
+        reason: ReversalReason,
+        now: float,
+        out: list[Command],
+        *,
+        mti: str,
+        stan: str,
+        fields: Mapping[str, str],
+    ) -> Reversal:
+        """Track and journal a new reversal (OWED); its authorization turns REVERSING."""
+        rev = self._track_reversal(
+            reversal_id=self._next_reversal_id,
+            auth=auth,
+            txn_id=auth.txn_id,
+            created_at=now,
+            reason=reason,
+            mti=mti,
+            stan=stan,
+            fields=fields,
+            tpdu=auth.tpdu,
+            header=auth.header,
+            expires_at=now + self.settings.reversal_expiry,
+        )
+        self._next_reversal_id += 1
+        self._reversals[rev.reversal_id] = rev
+        auth.reversal = rev
+        out.append(Persist(rev.record()))
+        if auth.state is not AuthState.REVERSING:
+            if auth.closed_at is not None:  # delivered or declined, and the terminal reverses
+                auth.closed_at = None
+                self._open_auths += 1
+            auth.state = AuthState.REVERSING
+            auth.updated_at = now
+            out.append(Persist(auth.record()))
+        out.append(Notify(notices.REVERSAL_OWED, notices.reversal_data(rev)))
+        return rev
+
+    def _track_reversal(
+        self,
+        *,
+        reversal_id: int,
+        auth: Authorization | None,
+        txn_id: int,
+        created_at: float,
+        reason: ReversalReason,
+        mti: str,
+        stan: str,
+        fields: Mapping[str, str],
+        tpdu: bytes,
+        header: bytes,
+        expires_at: float,
+    ) -> Reversal:
+        acquirer_fields = {**fields, "11": stan}
+        rev = Reversal(
+            reversal_id=reversal_id,
+            txn_id=txn_id,
+            auth=auth,
+            created_at=created_at,
+            updated_at=created_at,
+            state=ReversalState.OWED,
+            reason=reason,
+            mti=mti,
+            stan=stan,
+            fields=fields,
+            tpdu=tpdu,
+            header=header,
+            expires_at=expires_at,
+            index_key=(response_mti(mti), acquirer_fields.get(self._index_field)),
+            match_values=values_of(acquirer_fields, self._match_fields),
+        )
+        self._index.setdefault(rev.index_key, []).append(rev)
+        return rev
+
+    def _send_attempt(self, rev: Reversal, now: float, out: list[Command]) -> None:
+        link_id = self._primary
+        assert link_id is not None
+        self._mark_sent(rev, link_id, now, out)
+        message = {**rev.fields, "7": transmission_time(now)}
+        mti = attempt_mti(rev.mti, rev.attempts)
+        out.append(SendToAcquirer(link_id, mti, message, rev.tpdu, rev.header))
+
+    def _mark_sent(self, rev: Reversal, link_id: int, now: float, out: list[Command]) -> None:
+        """Journal the attempt (SENT) before its bytes can leave, then wait for the answer."""
+        self._parked.pop(rev, None)
+        rev.state = ReversalState.SENT
+        rev.sent_before = True
+        rev.attempts += 1
+        rev.link_id = link_id
+        rev.next_attempt_at = None
+        rev.updated_at = now
+        out.append(Persist(rev.record()))
+        out.append(Notify(notices.REVERSAL_SENT, notices.reversal_data(rev)))
+        self._timers.arm(rev, now + self.settings.reversal_timeout)
+
+    def _on_reversal_response(
+        self, rev: Reversal, event: AcquirerResponse, now: float, out: list[Command]
+    ) -> None:
+        code = event.fields.get("39")
+        forwarded = rev.forwarded if rev.state is ReversalState.SENT else None
+        if forwarded is not None:
+            # The attempt on the wire was the terminal's own message: it gets the answer.
+            conn_id, restore = forwarded
+            rev.forwarded = None
+            if rev.waiters.pop(conn_id, None) is not None:
+                out.append(ForwardToTerminal(conn_id, event.frame, restore))
+                waits = self._conn_waits.get(conn_id)
+                if waits is not None:
+                    waits.pop(rev, None)
+        if rev.state in _CLOSED_REVERSAL:
+            return
+        rev.last_response_code = code
+        if code is not None and code in self._rules.resolved_codes:
+            auth = rev.auth
+            if auth is not None and auth.reversal is rev:
+                self._close_auth(auth, AuthState.REVERSED, now, out)
+            data = notices.reversal_data(rev)
+            self._close_reversal(rev, ReversalState.ACKNOWLEDGED, now, out)
+            out.append(Notify(notices.REVERSAL_ACKNOWLEDGED, {**data, "state": rev.state.value}))
+            self._answer_waiters(rev, APPROVED_BY_GATEWAY, out)
+        elif rev.state is ReversalState.SENT:
+            self._attempt_failed(rev, now, out)
+        # else: the answer to an earlier attempt says "not yet": the schedule stands
+
+    def _on_reversal_timer(self, rev: Reversal, now: float, out: list[Command]) -> None:
+        if rev.state is ReversalState.SENT:  # no answer within reversal_timeout
+            rev.forwarded = None
+            self._attempt_failed(rev, now, out)
+        elif rev.state is ReversalState.OWED:  # its next attempt is due, or it expired
+            if now >= rev.expires_at:
+                self._fail(rev, now, out)
+            elif self._primary is None:
+                self._park(rev)
+            else:
+                self._send_attempt(rev, now, out)
+
+    def _attempt_failed(self, rev: Reversal, now: float, out: list[Command]) -> None:
+        if rev.attempts >= self.settings.max_attempts or now >= rev.expires_at:
+            self._fail(rev, now, out)
+            return
+        due = now + retry_delay(self.settings.retry_delays, rev.attempts)
+        rev.state = ReversalState.OWED
+        rev.link_id = None
+        rev.next_attempt_at = due
+        rev.updated_at = now
+        out.append(Persist(rev.record()))
+        self._timers.arm(rev, due)
+
+    def _fail(self, rev: Reversal, now: float, out: list[Command]) -> None:
+        """Given up: kept (FAILED, retryable by an operator) and alerted on, never dropped.
+        It stays matchable, so a late acknowledgement still settles it."""
+        self._reversals.pop(rev.reversal_id, None)
+        self._parked.pop(rev, None)
+        self._timers.cancel(rev)
+        rev.state = ReversalState.FAILED
+        rev.link_id = None
+        rev.next_attempt_at = None
+        rev.updated_at = now
+        self._failed[rev.reversal_id] = rev
+        out.append(Persist(rev.record()))
+        out.append(Notify(notices.REVERSAL_FAILED, notices.reversal_data(rev)))
+        self._answer_waiters(rev, self.dialect.decline_code, out)
+
+    def _on_reversal_requeued(
+        self, event: ReversalRequeued, now: float, out: list[Command]
+    ) -> None:
+        rev = self._failed.get(event.reversal_id)
+        if rev is not None:
+            self._requeue(rev, now, out)
+
+    def _requeue(self, rev: Reversal, now: float, out: list[Command]) -> None:
+        """FAILED -> OWED with a fresh count of attempts and a fresh expiry."""
+        del self._failed[rev.reversal_id]
+        rev.state = ReversalState.OWED
+        rev.attempts = 0
+        rev.expires_at = now + self.settings.reversal_expiry
+        rev.updated_at = now
+        self._reversals[rev.reversal_id] = rev
+        out.append(Persist(rev.record()))
+        out.append(Notify(notices.REVERSAL_REQUEUED, notices.reversal_data(rev)))
+        self._schedule_soon(rev, now)
+
+    def _schedule_soon(self, rev: Reversal, now: float) -> None:
+        """Send at the next drain slot if a link is up, else wait for one."""
+        if self._primary is None:
+            self._park(rev)
+        else:
+            rev.next_attempt_at = self._pacer.next_slot(now)
+            self._timers.arm(rev, rev.next_attempt_at)
+
+    def _park(self, rev: Reversal) -> None:
+        """No link: the reversal waits (no attempt counted) and fails only at its expiry."""
+        self._parked[rev] = None
+        self._timers.arm(rev, rev.expires_at)
+
+    def _drain(self, now: float) -> None:
+        """A link is up: the reversals that waited for one leave at the drain rate."""
+        if self._primary is None or not self._parked:
+            return
+        parked = sorted(self._parked, key=_drain_order)
+        self._parked.clear()
+        for rev in parked:
+            rev.next_attempt_at = self._pacer.next_slot(now)
+            self._timers.arm(rev, rev.next_attempt_at)
+
+    def _close_reversal(
+        self, rev: Reversal, state: ReversalState, now: float, out: list[Command]
+    ) -> None:
+        """ACKNOWLEDGED or CANCELLED: journaled without its fields (the PAN goes)."""
+        self._reversals.pop(rev.reversal_id, None)
+        self._failed.pop(rev.reversal_id, None)
+        self._parked.pop(rev, None)
+        self._timers.cancel(rev)
+        rev.state = state
+        rev.link_id = None
+        rev.next_attempt_at = None
+        rev.updated_at = now
+        self._unindex(rev.index_key, rev)
+        self._stans.release(rev.stan)
+        out.append(Persist(rev.record()))
+        rev.fields = {}
+        if rev.auth is not None:
+            self._forget_auth_if_done(rev.auth, now)
+
+    # authorizations and pending requests ---------------------------------------------------------
+
+    def _close_auth(
+        self, auth: Authorization, state: AuthState, now: float, out: list[Command]
+    ) -> None:
+        """Nothing can be owed any more: the reversal fields (the PAN among them) go."""
+        if auth.closed_at is None:
+            self._open_auths -= 1
+        auth.state = state
+        auth.updated_at = now
+        auth.closed_at = now
+        auth.reversal_fields = {}
+        out.append(Persist(auth.record()))
+        pending = auth.pending
+        if pending is None:
+            self._forget_auth_if_done(auth, now)
+        elif pending.phase is not Phase.AWAITING and not pending.timer_seq:
+            self._timers.arm(pending, max(now, pending.forget_at))
+
+    def _forget_auth_if_done(self, auth: Authorization, now: float) -> None:
+        """Drop a closed authorization from the lookup of terminal reversals once its request
+        is forgotten and, if it had a reversal, ``history_window`` after it closed (so the
+        terminal's own reversal of it is answered, not sent again)."""
+        if auth.closed_at is None or auth.pending is not None:
+            return
+        rev = auth.reversal
+        if rev is not None:
+            if rev.state in _MERGEABLE:
+                return
+            until = auth.closed_at + self.settings.history_window
+            if now < until:
+                if not auth.timer_seq:
+                    self._timers.arm(auth, until)
+                return
+        key = (auth.terminal_id, auth.stan)
+        candidates = self._by_terminal.get(key)
+        if candidates is not None and auth in candidates:
+            candidates.remove(auth)
+            if not candidates:
+                del self._by_terminal[key]
+        auth.reversal = None  # let it go
+        self._timers.cancel(auth)
+
+    def _settle(self, pending: Pending, phase: Phase, now: float) -> None:
+        """No longer awaiting the acquirer: linger ``duplicate_window`` seconds (and while its
+        authorization is open), then forget. Only the echo fields are kept (no PAN, no track
+        data) for the decline of duplicates."""
+        pending.phase = phase
+        self._awaiting.pop(pending, None)
+        self._lingering += 1
+        for conn_id in pending.conns:
+            waits = self._conn_waits.get(conn_id)
+            if waits is not None:
+                waits.pop(pending, None)
+        fields = pending.fields
+        pending.fields = {name: fields[name] for name in self._echo_fields if name in fields}
+        pending.forget_at = now + self.settings.duplicate_window
+        if not pending.timer_seq:
+            self._timers.arm(pending, pending.forget_at)
+        # else: the acquirer timeout is still armed; when it fires it re-arms for forget_at
+
+    def _forget(self, pending: Pending, now: float) -> None:
+        self._lingering -= 1
+        self._timers.cancel(pending)
+        self._unindex(pending.index_key, pending)
+        if self._by_duplicate.get(pending.dup_key) is pending:
+            del self._by_duplicate[pending.dup_key]
+        if self._by_repeat.get(pending.repeat_key) is pending:
+            del self._by_repeat[pending.repeat_key]
+        if pending.owns_stan and pending.acquirer_stan is not None:
+            self._stans.release(pending.acquirer_stan)
+        auth = pending.auth
+        if auth is not None:
+            auth.pending = None
+            self._forget_auth_if_done(auth, now)
+
+    def _unindex(self, key: IndexKey, item: _Matchable) -> None:
+        candidates = self._index.get(key)
+        if candidates is not None:
+            candidates.remove(item)
+            if not candidates:
+                del self._index[key]
+
+    def _decline_fields(self, fields: Mapping[str, str]) -> dict[str, str]:
+        decline = {name: fields[name] for name in self._echo_fields if name in fields}
+        decline["39"] = self.dialect.decline_code
+        return decline
+
+
+def _same_amount(original: Mapping[str, str], repeat: Mapping[str, str]) -> bool:
+    """A repeat names its original by DE 41 + DE 11; another amount makes it another sale."""
+    first, again = original.get("4"), repeat.get("4")
+    return first is None or again is None or first == again
+
+
+def _drain_order(rev: Reversal) -> tuple[float, int]:
+    return (rev.next_attempt_at or rev.created_at, rev.reversal_id)

@@ -1,0 +1,821 @@
+"""A deterministic simulation of GatewayCore among terminals, an acquirer and faults.
+
+One ``random.Random(seed)`` drives everything: terminals that buy, repeat, hang up and reverse;
+an acquirer that keeps a LEDGER of held funds (an approval holds, the first matching reversal
+releases, a second releases nothing, a reversal of an unknown original gets "25"); two links
+that break; responses that are dropped or come late; and crashes that rebuild the core from
+the journal records that survived (only what was persisted before the last acquirer send is
+guaranteed durable; any later suffix may be lost).
+
+The shell is modelled as the real one behaves (gateway/service.py): commands are carried out
+in order, a send to the acquirer makes every earlier Persist durable, DeliveryResults are
+handled right after the batch that asked for them.
+
+After the run, faults stop, an operator requeues failed reversals, time runs until everything
+settles, and ``check`` states THE INVARIANT (see ``Simulation.check``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.core.clock import transmission_time
+from gateway.core.commands import (
+    Command,
+    ForwardToAcquirer,
+    ForwardToTerminal,
+    Notify,
+    Persist,
+    ReplyToTerminal,
+    SendToAcquirer,
+)
+from gateway.core.engine import GatewayCore
+from gateway.core.events import (
+    AcquirerResponse,
+    DeliveryResult,
+    Event,
+    LinkDown,
+    LinkUp,
+    ReversalRequeued,
+    TerminalClosed,
+    TerminalRequest,
+)
+from gateway.core.records import (
+    OPEN_AUTH_STATES,
+    OPEN_REVERSAL_STATES,
+    AuthorizationRecord,
+    AuthState,
+    ReversalReason,
+    ReversalRecord,
+    ReversalState,
+)
+from gateway.core.reversal import original_data_elements
+from gateway.core.settings import CoreSettings
+from gateway.wire.dialect import Dialect, ReversalRules
+from gateway.wire.framing import Frame
+
+T0 = 1_700_000_000.0
+LINKS = (1, 2)
+TERMINAL_TIMEOUT = 20.0
+TERMINAL_REVERSAL_RETRY = 12.0
+ACTIVE_SECONDS = 150.0
+SETTLE_LIMIT = 5_000.0
+SECRETS = ("35", "52", "55")
+TRACK2_TAIL = "=27122011143804400000"
+PIN_BLOCK = "8E4A3F0B1C2D3E4F"
+ICC = "9F2608C2C12B098F3DA6E3"
+
+Key = tuple[str | None, str | None, str | None]  # DE 41, acquirer-side DE 11, DE 7
+
+
+def settings_for_simulation() -> CoreSettings:
+    return CoreSettings(
+        acquirer_timeout=5.0,
+        reversal_timeout=3.0,
+        retry_delays=(1.0, 2.0, 4.0),
+        max_attempts=4,
+        reversal_expiry=40.0,
+        duplicate_window=10.0,
+        reversal_drain_rate=20.0,
+        history_window=30.0,
+    )
+
+
+def dialect_variant(rng: random.Random) -> Dialect:
+    """Default (0400, new STAN, DE 90), CUP-like (original STAN, no DE 90) or 0420 advice."""
+    choice = rng.randrange(3)
+    if choice == 0:
+        rules = ReversalRules()
+    elif choice == 1:
+        rules = ReversalRules(
+            stan="original",
+            original_data="none",
+            reason_codes={
+                "timeout": "98",
+                "link_lost": "98",
+                "undeliverable": "96",
+                "in_doubt": "98",
+                "terminal": "06",
+                "other": "06",
+            },
+        )
+    else:
+        rules = ReversalRules(mti="0420")
+    return Dialect(name=f"sim{choice}", description="", source="sim", spec={}, reversal=rules)
+
+
+@dataclass(frozen=True)
+class Faults:
+    request_drop: float = 0.03  # a forward that never reaches the acquirer
+    response_drop: float = 0.05
+    response_late: float = 0.08  # answered after the acquirer timeout
+    reversal_unresolved: float = 0.12  # the acquirer answers a reversal 91/96
+    reroute: float = 0.3  # an answer whose link broke comes back on another link
+    duplicate: float = 0.15
+    duplicate_on_new_conn: float = 0.4
+    hang_up: float = 0.1
+    write_fail: float = 0.03
+    reverse_after_approval: float = 0.05  # card removed: the terminal reverses its approval
+    reverse_on_timeout: float = 0.6
+    balance_inquiry: float = 0.1
+    link_cuts: int = 2  # at most, per run
+    crash: float = 0.4  # chance of a crash per run (a second one with this chance squared)
+
+
+@dataclass
+class Msg:
+    """What a placeholder Frame stands for."""
+
+    mti: str
+    fields: Mapping[str, str]
+    key: Key | None = None  # for responses to holding requests: the original at the acquirer
+    holds: bool = False  # an approval that put a hold on funds
+
+
+@dataclass
+class Release:
+    at: float
+    cause: str  # a ReversalReason value, or "passthrough"
+    reversal_id: int | None
+
+
+@dataclass
+class Original:
+    """An authorization as the acquirer's ledger knows it."""
+
+    key: Key
+    amount: str
+    code: str
+    approval_code: str | None
+    holds: bool
+    held: bool
+    releases: list[Release] = field(default_factory=list)
+    reversals_seen: int = 0  # every reversal message that named it, releasing or not
+    reversal_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class TerminalTxn:
+    mti: str
+    fields: dict[str, str]
+    started: float
+    crash_epoch: int
+    answered: str | None = None  # DE 39 the terminal received
+    reversed: bool = False  # the terminal sent its own reversal of it
+
+
+@dataclass
+class Terminal:
+    terminal_id: str
+    stan: int
+    conn: int | None = None
+    txn: TerminalTxn | None = None
+    reversal: dict[str, str] | None = None
+    reversal_tries: int = 0
+
+
+class Acquirer:
+    """The acquirer and its ledger of held funds."""
+
+    def __init__(self, rng: random.Random, unresolved: float) -> None:
+        self.rng = rng
+        self.unresolved = unresolved
+        self.originals: dict[Key, Original] = {}
+        self.faulty = True
+        self.unknown_reversals = 0
+
+    def receive(
+        self, mti: str, fields: Mapping[str, str], cause: str, reversal_id: int | None, now: float
+    ) -> tuple[str, dict[str, str], Msg] | None:
+        klass = mti[1]
+        if klass in "12":
+            return self._authorization(mti, fields)
+        if klass == "4":
+            return self._reversal(mti, fields, cause, reversal_id, now)
+        if klass == "8":
+            echo = {k: fields[k] for k in ("11", "41") if k in fields}
+            return "0810", {**echo, "39": "00"}, Msg("0810", {})
+        return None
+
+    def _authorization(
+        self, mti: str, fields: Mapping[str, str]
+    ) -> tuple[str, dict[str, str], Msg]:
+        """A first receipt holds funds if approved; a second one replays the answer."""
+        key: Key = (fields.get("41"), fields.get("11"), fields.get("7"))
+        holding = fields.get("3", "")[:2] != "31"
+        original = self.originals.get(key)
+        if original is None:
+            approved = self.rng.random() < 0.75
+            original = Original(
+                key=key,
+                amount=fields.get("4", ""),
+                code="00" if approved else self.rng.choice(("05", "51")),
+                approval_code=f"{self.rng.randrange(1_000_000):06d}" if approved else None,
+                holds=approved and holding,
+                held=approved and holding,
+            )
+            self.originals[key] = original
+        answer = {k: fields[k] for k in ("3", "4", "7", "11", "41") if k in fields}
+        answer["39"] = original.code
+        if original.approval_code:
+            answer["38"] = original.approval_code
+        response = mti[:2] + str(int(mti[2]) + 1) + "0"
+        return response, answer, Msg(response, answer, key=key, holds=original.holds)
+
+    def _find(self, fields: Mapping[str, str]) -> Original | None:
+        de90 = fields.get("90")
+        terminal_id = fields.get("41")
+        if de90 and de90.strip("0"):
+            return self.originals.get((terminal_id, de90[4:10], de90[10:20]))
+        for original in self.originals.values():
+            if (
+                original.key[0] == terminal_id
+                and original.key[1] == fields.get("11")
+                and original.amount == fields.get("4")
+            ):
+                return original
+        return None
+
+    def _reversal(
+        self, mti: str, fields: Mapping[str, str], cause: str, reversal_id: int | None, now: float
+    ) -> tuple[str, dict[str, str], Msg]:
+        response = mti[:2] + str(int(mti[2]) + 1) + "0"
+        echo = {k: fields[k] for k in ("11", "41") if k in fields}
+        if self.faulty and self.rng.random() < self.unresolved:
+            return response, {**echo, "39": self.rng.choice(("91", "96"))}, Msg(response, {})
+        original = self._find(fields)
+        if original is None:
+            self.unknown_reversals += 1
+            return response, {**echo, "39": "25"}, Msg(response, {})
+        original.reversals_seen += 1
+        if reversal_id is not None and reversal_id not in original.reversal_ids:
+            original.reversal_ids.append(reversal_id)
+        if original.held:
+            original.held = False
+            original.releases.append(Release(now, cause, reversal_id))
+        return response, {**echo, "39": "00"}, Msg(response, {})
+
+
+class Simulation:
+    def __init__(
+        self,
+        seed: int,
+        *,
+        core_class: type[GatewayCore] = GatewayCore,
+        faults: Faults | None = None,
+        settings: CoreSettings | None = None,
+        terminals: int = 3,
+        trace: bool = False,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.core_class = core_class
+        self.faults = faults or Faults()
+        self.dialect = dialect_variant(self.rng)
+        self.stan_mode = "rewrite" if self.rng.random() < 0.35 else "passthrough"
+        self.settings = dataclasses.replace(
+            settings or settings_for_simulation(), stan_mode=self.stan_mode
+        )
+        self.now = T0
+        self.queue: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
+        self.seq = 0
+        self.trace_on = trace
+        self.trace: list[str] = []
+        self.violations: list[str] = []
+        self.acquirer = Acquirer(self.rng, self.faults.reversal_unresolved)
+        self.forwarded: dict[tuple[int, tuple[str | None, ...]], int] = {}
+        self.answers: dict[tuple[str | None, ...], str | None] = {}
+        self.notices: dict[str, int] = {}  # what happened, by kind and outcome: coverage
+        self.frames: dict[bytes, Msg] = {}
+        self.journal: list[AuthorizationRecord | ReversalRecord] = []
+        self.durable = 0
+        self.incarnation = 0
+        self.crash_epoch = 0
+        self.link_up = dict.fromkeys(LINKS, True)
+        self.link_session = dict.fromkeys(LINKS, 0)
+        self.next_conn = 1
+        self.conns: dict[int, Terminal] = {}
+        self.txn_keys: dict[int, Key] = {}
+        self.delivered: dict[Key, float] = {}  # approvals a terminal received (delivery ok)
+        self.delivered_lost: set[Key] = set()  # their DELIVERED record was lost in a crash
+        self.failed_reversals: list[int] = []
+        self.active = True
+        self.crashes = 0
+        self.terminals = [
+            Terminal(f"T{n:07d}", stan=self.rng.randrange(1, 900_000)) for n in range(terminals)
+        ]
+        self.core = self._new_core([], [], 1, 1)
+        for link_id in LINKS:
+            self._to_core(LinkUp(link_id))
+
+    # the event queue -------------------------------------------------------------------------
+
+    def at(self, when: float, action: Callable[..., None], *args: Any) -> None:
+        self.seq += 1
+        heapq.heappush(self.queue, (when, self.seq, action, args))
+
+    def _log(self, text: str) -> None:
+        if self.trace_on:
+            self.trace.append(f"{self.now - T0:9.3f} {text}")
+
+    def run(self) -> list[str]:
+        for terminal in self.terminals:
+            self.at(self.now + self.rng.uniform(0, 5), self._start_txn, terminal)
+        for _ in range(self.rng.randint(0, self.faults.link_cuts)):
+            self.at(
+                T0 + self.rng.uniform(0, ACTIVE_SECONDS), self._cut_link, self.rng.choice(LINKS)
+            )
+        if self.rng.random() < self.faults.crash:
+            self.at(T0 + self.rng.uniform(5, ACTIVE_SECONDS), self._crash)
+            if self.rng.random() < self.faults.crash:
+                self.at(T0 + self.rng.uniform(5, ACTIVE_SECONDS), self._crash)
+        self.at(T0 + ACTIVE_SECONDS, self._calm_down)
+        self._loop(T0 + ACTIVE_SECONDS + SETTLE_LIMIT)
+        self.check()
+        return self.violations
+
+    def _loop(self, until: float) -> None:
+        while True:
+            core_due = self.core.next_deadline()
+            sim_due = self.queue[0][0] if self.queue else None
+            if core_due is None and sim_due is None:
+                return
+            if sim_due is None or (core_due is not None and core_due < sim_due):
+                assert core_due is not None
+                if core_due > until:
+                    return
+                self.now = max(self.now, core_due)
+                self._execute(self.core.on_timer(self.now))
+            else:
+                if sim_due > until:
+                    return
+                when, _, action, args = heapq.heappop(self.queue)
+                self.now = max(self.now, when)
+                action(*args)
+            if not self.active and self._settled():
+                return
+
+    def _settled(self) -> bool:
+        stats = self.core.stats()
+        return (
+            not stats["in_flight"]
+            and not stats["reversals_owed"]
+            and not stats["reversals_failed"]
+            and not stats["authorizations_open"]
+            and all(self.link_up.values())
+            and not any(event[2] == self._requeue for event in self.queue)
+        )
+
+    # the shell ---------------------------------------------------------------------------------
+
+    def _new_core(
+        self,
+        auths: list[AuthorizationRecord],
+        revs: list[ReversalRecord],
+        next_txn_id: int,
+        next_reversal_id: int,
+    ) -> GatewayCore:
+        return self.core_class(
+            self.dialect,
+            self.settings,
+            now=self.now,
+            open_authorizations=auths,
+            open_reversals=revs,
+            next_txn_id=next_txn_id,
+            next_reversal_id=next_reversal_id,
+            stan_seed=self.rng.randrange(1, 999_999),
+        )
+
+    def _to_core(self, event: Event, incarnation: int | None = None) -> None:
+        if incarnation is not None and incarnation != self.incarnation:
+            return  # addressed to a core that crashed
+        self._log(f"-> {event!r}"[:200])
+        self._execute(self.core.handle(event, self.now))
+
+    def _execute(self, commands: list[Command]) -> None:
+        results: list[DeliveryResult] = []
+        sending: ReversalRecord | None = None
+        for command in commands:
+            self._log(f"<- {type(command).__name__} {_brief(command)}")
+            if isinstance(command, Persist):
+                record = command.record
+                self._check_record(record)
+                self.journal.append(record)
+                if isinstance(record, AuthorizationRecord) and record.state is AuthState.IN_FLIGHT:
+                    self.txn_keys[record.txn_id] = (
+                        record.terminal_id,
+                        record.acquirer_stan,
+                        record.reversal_fields.get("7"),
+                    )
+                if isinstance(record, ReversalRecord) and record.state is ReversalState.SENT:
+                    sending = record
+            elif isinstance(command, ForwardToAcquirer):
+                self.durable = len(self.journal)
+                msg = self.frames[command.frame.message]
+                fields = {**msg.fields, **command.replace}
+                if msg.mti[1] in "12":
+                    self._count_forward(msg)
+                reversal = sending if msg.mti[1] == "4" else None
+                sending = None
+                self._to_acquirer(command.link_id, msg.mti, fields, reversal)
+            elif isinstance(command, SendToAcquirer):
+                self.durable = len(self.journal)
+                if sending is None or command.fields.get("11") != sending.stan:
+                    self.violations.append(f"reversal sent without its SENT record: {command}")
+                self._to_acquirer(command.link_id, command.mti, dict(command.fields), sending)
+                sending = None
+            elif isinstance(command, ForwardToTerminal):
+                msg = self.frames[command.frame.message]
+                fields = {**msg.fields, **command.replace}
+                ok = self._to_terminal(command.conn_id, msg.mti, fields)
+                if msg.holds and msg.key is not None:
+                    if command.delivery_ref is None and msg.key not in self.delivered and ok:
+                        self.violations.append(f"approval {msg.key} reached a terminal untracked")
+                    if command.delivery_ref is not None and ok:
+                        self.delivered.setdefault(msg.key, self.now)
+                if command.delivery_ref is not None:
+                    results.append(DeliveryResult(command.delivery_ref, ok))
+            elif isinstance(command, ReplyToTerminal):
+                if command.mti[1] in "12" and command.fields.get("39") == "00":
+                    self.violations.append(f"the gateway approved by itself: {command}")
+                ok = self._to_terminal(command.conn_id, command.mti, dict(command.fields))
+                if command.delivery_ref is not None:
+                    results.append(DeliveryResult(command.delivery_ref, ok))
+            elif isinstance(command, Notify):
+                self._check_notice(command)
+        for result in results:
+            self._to_core(result)
+
+    def _count_forward(self, msg: Msg) -> None:
+        """A request is never forwarded twice (by one core: a restart forgets duplicates)."""
+        identity = tuple(msg.fields.get(k) for k in ("41", "11", "7", "4"))
+        key = (self.incarnation, identity)
+        self.forwarded[key] = self.forwarded.get(key, 0) + 1
+        if self.forwarded[key] > 1:
+            self.violations.append(f"request {identity} forwarded twice")
+
+    def _check_record(self, record: AuthorizationRecord | ReversalRecord) -> None:
+        mapping = (
+            record.reversal_fields if isinstance(record, AuthorizationRecord) else record.fields
+        )
+        leaked = [n for n in SECRETS if n in mapping]
+        values = " ".join(mapping.values())
+        if leaked or TRACK2_TAIL in values or PIN_BLOCK in values or ICC in values:
+            self.violations.append(f"card secrets journaled in {type(record).__name__}: {leaked}")
+
+    def _check_notice(self, notice: Notify) -> None:
+        label = notice.kind
+        for detail in ("outcome", "reason"):
+            if detail in notice.data:
+                label += f":{notice.data[detail]}"
+        self.notices[label] = self.notices.get(label, 0) + 1
+        text = repr(notice.data)
+        for terminal in self.terminals:
+            if _pan(terminal.terminal_id) in text:
+                self.violations.append(f"full PAN in a {notice.kind} notice")
+        if notice.kind == "reversal_failed":
+            reversal_id = notice.data["reversal_id"]
+            if not self.active:
+                self.at(self.now + 1.0, self._requeue, reversal_id, self.incarnation)
+            else:
+                self.failed_reversals.append(reversal_id)
+
+    def _requeue(self, reversal_id: int, incarnation: int) -> None:
+        self._to_core(ReversalRequeued(reversal_id), incarnation)
+
+    # the network -------------------------------------------------------------------------------
+
+    def _frame(self, msg: Msg) -> Frame:
+        self.seq += 1
+        message = f"m{self.seq}".encode()
+        self.frames[message] = msg
+        return Frame(message=message)
+
+    def _to_acquirer(
+        self, link_id: int, mti: str, fields: dict[str, str], reversal: ReversalRecord | None
+    ) -> None:
+        if not self.link_up[link_id]:
+            return  # written to a broken connection: lost
+        if self.active and self.rng.random() < self.faults.request_drop:
+            return
+        cause = reversal.reason.value if reversal is not None else "passthrough"
+        reversal_id = reversal.reversal_id if reversal is not None else None
+        answered = self.acquirer.receive(mti, fields, cause, reversal_id, self.now)
+        if answered is None:
+            return
+        response_mti, response, msg = answered
+        delay = self.rng.uniform(0.01, 2.0)
+        if self.active:
+            roll = self.rng.random()
+            if roll < self.faults.response_drop:
+                return
+            if roll < self.faults.response_drop + self.faults.response_late:
+                delay = self.rng.uniform(5.5, 30.0)
+        msg.fields = response
+        self.at(
+            self.now + delay,
+            self._acquirer_answers,
+            link_id,
+            self.link_session[link_id],
+            response_mti,
+            response,
+            msg,
+        )
+
+    def _acquirer_answers(
+        self, link_id: int, session: int, mti: str, fields: dict[str, str], msg: Msg
+    ) -> None:
+        if self.link_session[link_id] != session or not self.link_up[link_id]:
+            # The connection it was written to is gone; some hosts answer on another one.
+            others = [other for other in LINKS if self.link_up[other] and other != link_id]
+            if not others or not self.active or self.rng.random() >= self.faults.reroute:
+                return
+            link_id = others[0]
+        self._to_core(AcquirerResponse(link_id, mti, fields, self._frame(msg)))
+
+    def _cut_link(self, link_id: int) -> None:
+        if not self.active or not self.link_up[link_id]:
+            return
+        self.link_up[link_id] = False
+        self.link_session[link_id] += 1
+        incarnation = self.incarnation
+        self.at(self.now + self.rng.uniform(0, 0.3), self._to_core, LinkDown(link_id), incarnation)
+        self.at(self.now + self.rng.uniform(1, 15), self._reconnect, link_id, incarnation)
+
+    def _reconnect(self, link_id: int, incarnation: int) -> None:
+        if incarnation != self.incarnation or self.link_up[link_id]:
+            return
+        self.link_up[link_id] = True
+        self._to_core(LinkUp(link_id))
+
+    # crashes -------------------------------------------------------------------------------------
+
+    def _crash(self) -> None:
+        if not self.active:
+            return
+        self.crashes += 1
+        self.crash_epoch += 1
+        keep = self.durable + self.rng.randint(0, len(self.journal) - self.durable)
+        lost = self.journal[keep:]
+        self.journal = self.journal[:keep]
+        self.durable = keep
+        self._log(f"CRASH: {len(lost)} journal records lost")
+        for record in lost:
+            if isinstance(record, AuthorizationRecord) and record.state is AuthState.DELIVERED:
+                key = self.txn_keys.get(record.txn_id)
+                if key is not None:
+                    self.delivered_lost.add(key)
+        self.incarnation += 1
+        for link_id in LINKS:
+            self.link_up[link_id] = False
+            self.link_session[link_id] += 1
+        for conn_id, terminal in list(self.conns.items()):
+            if terminal.conn == conn_id:
+                terminal.conn = None
+        self.conns.clear()
+        auths: dict[int, AuthorizationRecord] = {}
+        revs: dict[int, ReversalRecord] = {}
+        for record in self.journal:
+            if isinstance(record, AuthorizationRecord):
+                auths[record.txn_id] = record
+            else:
+                revs[record.reversal_id] = record
+        self.core = self._new_core(
+            [a for a in auths.values() if a.state in OPEN_AUTH_STATES],
+            [r for r in revs.values() if r.state in OPEN_REVERSAL_STATES],
+            max(auths, default=0) + 1,
+            max(revs, default=0) + 1,
+        )
+        self._execute(self.core.recover(self.now))
+        incarnation = self.incarnation
+        for link_id in LINKS:
+            self.at(self.now + self.rng.uniform(0.5, 3), self._reconnect, link_id, incarnation)
+
+    def _calm_down(self) -> None:
+        """Faults stop, links come back, an operator requeues what failed."""
+        self.active = False
+        self.acquirer.faulty = False
+        for link_id in LINKS:
+            if not self.link_up[link_id]:
+                self.at(self.now + 1.0, self._reconnect, link_id, self.incarnation)
+        for reversal_id in self.failed_reversals:
+            self.at(self.now + 1.0, self._requeue, reversal_id, self.incarnation)
+        self.failed_reversals = []
+
+    # terminals ------------------------------------------------------------------------------------
+
+    def _connect(self, terminal: Terminal) -> int:
+        if terminal.conn is None:
+            terminal.conn = self.next_conn
+            self.next_conn += 1
+            self.conns[terminal.conn] = terminal
+        return terminal.conn
+
+    def _hang_up(self, terminal: Terminal, conn_id: int) -> None:
+        if terminal.conn != conn_id:
+            return
+        terminal.conn = None
+        self.conns.pop(conn_id, None)
+        self._to_core(TerminalClosed(conn_id))
+
+    def _send(self, terminal: Terminal, mti: str, fields: dict[str, str], conn_id: int) -> None:
+        self._to_core(TerminalRequest(conn_id, mti, dict(fields), self._frame(Msg(mti, fields))))
+
+    def _next_stan(self, terminal: Terminal) -> str:
+        terminal.stan = terminal.stan % 999_999 + 1
+        return f"{terminal.stan:06d}"
+
+    def _start_txn(self, terminal: Terminal) -> None:
+        if not self.active or terminal.txn is not None:
+            return
+        rng = self.rng
+        inquiry = rng.random() < self.faults.balance_inquiry
+        fields = {
+            "3": "310000" if inquiry else "000000",
+            "4": f"{rng.randrange(100, 100_000):012d}",
+            "7": transmission_time(self.now),
+            "11": self._next_stan(terminal),
+            "12": "120000",
+            "13": "1114",
+            "22": "051",
+            "32": "200",
+            "41": terminal.terminal_id,
+            "42": "MERCHANT0000001",
+            "49": "978",
+            "52": PIN_BLOCK,
+            "55": ICC,
+        }
+        if rng.random() < 0.3:
+            fields["35"] = _pan(terminal.terminal_id) + TRACK2_TAIL  # track 2 only
+        else:
+            fields["2"] = _pan(terminal.terminal_id)
+        mti = rng.choice(("0100", "0200"))
+        txn = TerminalTxn(mti, fields, self.now, self.crash_epoch)
+        terminal.txn = txn
+        conn_id = self._connect(terminal)
+        self._send(terminal, mti, fields, conn_id)
+        self.at(self.now + TERMINAL_TIMEOUT, self._terminal_timeout, terminal, txn)
+        if rng.random() < self.faults.duplicate:
+            self.at(self.now + rng.uniform(0.05, 8), self._resend, terminal, txn)
+        if rng.random() < self.faults.hang_up:
+            self.at(self.now + rng.uniform(0, 7), self._hang_up, terminal, conn_id)
+
+    def _resend(self, terminal: Terminal, txn: TerminalTxn) -> None:
+        if not self.active or txn.crash_epoch != self.crash_epoch or txn.reversed:
+            return  # across a restart a resend is a new sale: terminals reverse instead
+        if self.rng.random() < self.faults.duplicate_on_new_conn and terminal.conn is not None:
+            terminal.conn = None  # leaves the old connection open, talks on a new one
+        mti = txn.mti if self.rng.random() < 0.5 else txn.mti[:3] + "1"
+        self._send(terminal, mti, txn.fields, self._connect(terminal))
+
+    def _terminal_timeout(self, terminal: Terminal, txn: TerminalTxn) -> None:
+        if terminal.txn is not txn:
+            return
+        terminal.txn = None
+        if self.active and self.rng.random() < self.faults.reverse_on_timeout:
+            self._terminal_reverses(terminal, txn)
+        self._next_txn_later(terminal)
+
+    def _next_txn_later(self, terminal: Terminal) -> None:
+        if self.active:
+            self.at(self.now + self.rng.uniform(1, 10), self._start_txn, terminal)
+
+    def _terminal_reverses(self, terminal: Terminal, txn: TerminalTxn) -> None:
+        """The terminal's own reversal: DE 90 style, or CUP style (the original's STAN)."""
+        txn.reversed = True
+        original = txn.fields
+        fields = {k: original[k] for k in ("2", "3", "4", "32", "41", "42", "49") if k in original}
+        if "2" not in fields:
+            fields["35"] = original["35"]
+        if self.dialect.reversal.original_data == "de90":
+            fields["11"] = self._next_stan(terminal)
+            fields["90"] = original_data_elements(
+                txn.mti, original["11"], original["7"], original["32"], None
+            )
+        else:
+            fields["11"] = original["11"]
+        fields["7"] = transmission_time(self.now)
+        fields["39"] = "98" if txn.answered is None else "96"
+        terminal.reversal = fields
+        terminal.reversal_tries = 0
+        self._send_reversal(terminal, fields)
+
+    def _send_reversal(self, terminal: Terminal, fields: dict[str, str]) -> None:
+        if not self.active or terminal.reversal is not fields:
+            return
+        mti = self.dialect.reversal.mti
+        if terminal.reversal_tries:
+            mti = mti[:3] + "1"
+        terminal.reversal_tries += 1
+        self._send(terminal, mti, fields, self._connect(terminal))
+        if terminal.reversal_tries < 3:
+            self.at(self.now + TERMINAL_REVERSAL_RETRY, self._send_reversal, terminal, fields)
+
+    def _to_terminal(self, conn_id: int, mti: str, fields: dict[str, str]) -> bool:
+        """A write to a terminal connection: fails if it is closed (or by a fault)."""
+        terminal = self.conns.get(conn_id)
+        if terminal is None:
+            return False
+        if self.active and self.rng.random() < self.faults.write_fail:
+            return False
+        self._terminal_receives(terminal, mti, fields)
+        return True
+
+    def _terminal_receives(self, terminal: Terminal, mti: str, fields: dict[str, str]) -> None:
+        if mti[1] == "4":
+            reversal = terminal.reversal
+            if reversal is not None and fields.get("11") == reversal["11"]:
+                terminal.reversal = None
+            return
+        code = fields.get("39")
+        identity = (terminal.terminal_id, fields.get("11"), fields.get("7"), fields.get("4"))
+        if (self.incarnation, identity) in self.forwarded:
+            # Once a request went upstream, every answer the terminal gets for it agrees.
+            first = self.answers.setdefault(identity, code)
+            if first != code:
+                self.violations.append(f"terminal got {first} then {code} for {identity}")
+        txn = terminal.txn
+        if txn is None or fields.get("11") != txn.fields["11"]:
+            return
+        txn.answered = code
+        terminal.txn = None
+        if code == "00" and self.active and self.rng.random() < self.faults.reverse_after_approval:
+            self.at(self.now + self.rng.uniform(0, 3), self._terminal_reverses, terminal, txn)
+        self._next_txn_later(terminal)
+
+    # the invariant -------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """THE INVARIANT, once everything settled:
+
+        1. Every hold left on the ledger belongs to an approval a terminal received (written
+           to it with a successful DeliveryResult).
+        2. No original is reversed twice: at most one of the gateway's reversals (one
+           reversal id) reached the acquirer per original; the ledger released at most once.
+        3. No reversal of the gateway's own released a delivered approval, except an in-doubt
+           reversal after a crash that lost the DELIVERED record (the rules accept that).
+           A terminal's own reversal may release what it received: it asked for it.
+        4. Nothing is left owed: no open authorization, no owed or failed reversal.
+        """
+        v = self.violations
+        stats = self.core.stats()
+        for name in ("in_flight", "reversals_owed", "reversals_failed", "authorizations_open"):
+            if stats[name]:
+                v.append(f"not settled: {name}={stats[name]}")
+        for key, original in self.acquirer.originals.items():
+            if original.held and key not in self.delivered:
+                v.append(f"hold left for {key}: approval never reached a terminal")
+            if len(original.releases) > 1:
+                v.append(f"{key} released {len(original.releases)} times")
+            if len(original.reversal_ids) > 1:
+                v.append(f"{key} reversed by {original.reversal_ids}: more than one reversal")
+            for release in original.releases:
+                if key not in self.delivered or release.cause in ("terminal", "passthrough"):
+                    continue
+                accepted = (
+                    release.cause == ReversalReason.IN_DOUBT.value and key in self.delivered_lost
+                )
+                if not accepted:
+                    v.append(
+                        f"delivered approval {key} released by a {release.cause} reversal "
+                        f"(reversal {release.reversal_id})"
+                    )
+
+    def summary(self) -> dict[str, int]:
+        originals = self.acquirer.originals.values()
+        return {
+            "originals": len(self.acquirer.originals),
+            "holds": sum(1 for o in originals if o.holds),
+            "held_at_end": sum(1 for o in originals if o.held),
+            "released": sum(1 for o in originals if o.releases),
+            "delivered": len(self.delivered),
+            "delivered_lost": len(self.delivered_lost),
+            "crashes": self.crashes,
+        }
+
+
+def _pan(terminal_id: str) -> str:
+    return "47617390" + terminal_id[-7:].rjust(8, "0")
+
+
+def _brief(command: Command) -> str:
+    if isinstance(command, Persist):
+        r = command.record
+        ident = r.txn_id if isinstance(r, AuthorizationRecord) else f"r{r.reversal_id}"
+        return f"{type(r).__name__[:4]} {ident} {r.state.value}"
+    if isinstance(command, SendToAcquirer | ReplyToTerminal):
+        return f"{command.mti} {dict(command.fields).get('11')} {dict(command.fields).get('39')}"
+    if isinstance(command, Notify):
+        return f"{command.kind} {dict(command.data)}"
+    return repr(command)[:160]
+
+
+def run_seed(seed: int, **options: Any) -> Simulation:
+    sim = Simulation(seed, **options)
+    sim.run()
+    return sim

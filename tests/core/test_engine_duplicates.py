@@ -1,0 +1,149 @@
+"""Duplicates: never forwarded twice, share the one answer, cached answer within the window."""
+
+from __future__ import annotations
+
+from gateway.core.records import AuthState
+
+from .helpers import (
+    Harness,
+    answer,
+    auth_records,
+    forwards,
+    notices,
+    records,
+    replies,
+    sale,
+    sent_reversals,
+    settings,
+    to_terminal,
+)
+
+
+def test_duplicate_in_flight_waits_for_the_one_answer_on_both_connections() -> None:
+    h = Harness()
+    request = sale()
+    h.request(request, conn=1)
+    out = h.request(request, conn=2)
+    assert not forwards(out) and not records(out)
+    assert notices(out, "duplicate_request")[0].data["outcome"] == "waiting"
+    answer_frame = h.frame("approval")
+    out = h.respond(answer(request), frame=answer_frame)
+    deliveries = to_terminal(out)
+    assert [(d.conn_id, d.frame) for d in deliveries] == [(1, answer_frame), (2, answer_frame)]
+    # one write failing is enough to be undeliverable only if the other failed too
+    h.delivered(deliveries[0].delivery_ref, False)
+    done = h.delivered(deliveries[1].delivery_ref, True)
+    assert [r.state for r in auth_records(done)] == [AuthState.DELIVERED]
+    assert not sent_reversals(h.log)
+
+
+def test_duplicate_on_the_same_connection_gets_one_answer() -> None:
+    h = Harness()
+    request = sale()
+    h.request(request, conn=1)
+    h.request(request, conn=1)
+    assert len(to_terminal(h.respond(answer(request, "05")))) == 1
+
+
+def test_repeat_mti_is_a_duplicate_even_with_a_new_transmission_time() -> None:
+    h = Harness()
+    request = sale()
+    h.request(request, conn=1)
+    out = h.request({**request, "7": "0908064600"}, conn=1, mti="0201")
+    assert not forwards(out)
+    assert notices(out, "duplicate_request")
+
+
+def test_repeat_with_another_amount_is_not_a_duplicate() -> None:
+    h = Harness()
+    request = sale()
+    h.request(request)
+    out = h.request({**request, "4": "000000009999"}, mti="0201")
+    assert forwards(out)
+
+
+def test_stan_reuse_for_another_transaction_is_not_a_duplicate() -> None:
+    h = Harness()
+    request = sale()
+    h.request(request)
+    h.respond(answer(request, "05"))
+    for changed in ({"4": "000000002000"}, {"7": "0908070000"}, {"12": "070000"}, {"13": "0909"}):
+        out = h.request({**request, **changed})
+        assert len(forwards(out)) == 1, changed
+
+
+def test_after_the_answer_the_cached_response_is_sent_again_within_the_window() -> None:
+    h = Harness(settings(duplicate_window=60))
+    request = sale()
+    h.request(request)
+    approval = h.frame("approval")
+    delivery = to_terminal(h.respond(answer(request), frame=approval))[0]
+    h.delivered(delivery.delivery_ref)
+    h.advance(30)
+    out = h.request(request, conn=7)
+    assert not forwards(out)
+    [again] = to_terminal(out)
+    assert (again.conn_id, again.frame, again.delivery_ref) == (7, approval, None)
+    assert notices(out, "duplicate_request")[0].data["outcome"] == "cached"
+    h.advance(31)  # window over: forgotten, a new request
+    assert forwards(h.request(request, conn=7))
+
+
+def test_duplicate_while_the_approval_is_being_delivered_joins_the_delivery() -> None:
+    h = Harness()
+    request = sale()
+    h.request(request, conn=1)
+    first = to_terminal(h.respond(answer(request)))[0]
+    out = h.request(request, conn=2)
+    [second] = to_terminal(out)
+    assert second.conn_id == 2 and second.delivery_ref not in (None, first.delivery_ref)
+    h.delivered(first.delivery_ref, False)
+    done = h.delivered(second.delivery_ref, True)
+    assert [r.state for r in auth_records(done)] == [AuthState.DELIVERED]
+
+
+def test_duplicate_after_timeout_gets_the_decline_again_and_is_never_forwarded() -> None:
+    h = Harness()
+    request = sale()
+    h.request(request)
+    h.advance(15)
+    out = h.request(request, conn=2)
+    assert not forwards(out) and not records(out)
+    assert replies(out)[0].fields["39"] == "91" and replies(out)[0].mti == "0210"
+
+
+def test_duplicate_of_an_undeliverable_approval_is_declined_not_approved() -> None:
+    h = Harness()
+    request = sale()
+    h.request(request, conn=1)
+    delivery = to_terminal(h.respond(answer(request)))[0]
+    h.delivered(delivery.delivery_ref, False)  # reversal owed now
+    out = h.request(request, conn=2)
+    assert not to_terminal(out)
+    assert replies(out)[0].fields["39"] == "91"
+
+
+def test_a_request_is_never_forwarded_twice_under_any_resend() -> None:
+    h = Harness()
+    request = sale()
+    sends = len(forwards(h.request(request)))
+    for conn, mti in ((1, "0200"), (2, "0201"), (3, "0200"), (1, "0201")):
+        sends += len(forwards(h.request(request, conn=conn, mti=mti)))
+    h.respond(answer(request, "05"))
+    sends += len(forwards(h.request(request, conn=4, mti="0201")))
+    assert sends == 1
+
+
+def test_a_request_being_reversed_is_remembered_beyond_the_window() -> None:
+    h = Harness(settings(duplicate_window=1.0))
+    request = sale()
+    h.request(request)
+    h.advance(15)  # timed out, reversal sent, never answered
+    h.advance(5)
+    out = h.request(request, conn=2, mti="0201")
+    assert not forwards(out) and replies(out)[0].fields["39"] == "91"
+    # once the reversal is settled and the window is over, it is forgotten
+    [sent] = sent_reversals(h.log)[-1:]
+    h.respond({"11": sent.fields["11"], "41": "TERM0001", "39": "00"}, mti="0410")
+    h.advance(1.5)
+    assert h.core.stats()["lingering"] == 0

@@ -1,0 +1,180 @@
+"""Crash recovery: the core rebuilt from the open records the journal kept."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from gateway.core.commands import Command
+from gateway.core.engine import GatewayCore
+from gateway.core.records import (
+    OPEN_AUTH_STATES,
+    OPEN_REVERSAL_STATES,
+    AuthorizationRecord,
+    AuthState,
+    ReversalReason,
+    ReversalRecord,
+    ReversalState,
+)
+
+from .helpers import (
+    Harness,
+    answer,
+    auth_records,
+    records,
+    reversal_records,
+    sale,
+    sent_reversals,
+    settings,
+    to_terminal,
+)
+
+
+def journal(commands: Iterable[Command]) -> tuple[list[AuthorizationRecord], list[ReversalRecord]]:
+    """The latest snapshot per id, open ones only: what the journal hands a restarted core."""
+    auths: dict[int, AuthorizationRecord] = {}
+    revs: dict[int, ReversalRecord] = {}
+    for record in records(commands):
+        if isinstance(record, AuthorizationRecord):
+            auths[record.txn_id] = record
+        else:
+            revs[record.reversal_id] = record
+    return (
+        [a for a in auths.values() if a.state in OPEN_AUTH_STATES],
+        [r for r in revs.values() if r.state in OPEN_REVERSAL_STATES],
+    )
+
+
+def restart(h: Harness, *, link: bool = True, **overrides: object) -> tuple[Harness, list[Command]]:
+    auths, revs = journal(h.log)
+    ids = [a.txn_id for a in auths] + [0]
+    rids = [r.reversal_id for r in revs] + [0]
+    fresh = Harness(
+        links=(),
+        now=h.now + 5,
+        open_authorizations=auths,
+        open_reversals=revs,
+        next_txn_id=max(ids) + 1,
+        next_reversal_id=max(rids) + 1,
+        **overrides,  # type: ignore[arg-type]
+    )
+    out = fresh.core.recover(fresh.now)
+    fresh.log.extend(out)
+    if link:
+        fresh.link_up(1)
+    return fresh, out
+
+
+def test_in_flight_and_approved_authorizations_are_in_doubt_and_reversed() -> None:
+    h = Harness()
+    h.request(sale("000001"))
+    approved = sale("000002")
+    h.request(approved)
+    h.respond(answer(approved))  # delivery result never came
+    delivered = sale("000003")
+    h.approve(delivered)
+    fresh, out = restart(h)
+    revs = reversal_records(out)
+    assert [(r.txn_id, r.reason, r.state) for r in revs] == [
+        (1, ReversalReason.IN_DOUBT, ReversalState.OWED),
+        (2, ReversalReason.IN_DOUBT, ReversalState.OWED),
+    ]
+    assert [(a.txn_id, a.state) for a in auth_records(out)] == [
+        (1, AuthState.REVERSING),
+        (2, AuthState.REVERSING),
+    ]
+    sends = sent_reversals(fresh.run_until(fresh.now + 1))
+    assert len(sends) == 2
+    assert sends[1].fields["38"] == "A1B2C3"  # the approval code was journaled
+    assert {s.fields["39"] for s in sends} == {"68"}
+
+
+def test_open_reversals_resume_and_a_sent_one_goes_again_as_a_repeat() -> None:
+    h = Harness()
+    h.request(sale("000001"))
+    h.advance(15)  # SENT
+    h.request(sale("000002"))
+    h.link_down(1)  # second one OWED, never sent
+    fresh, out = restart(h)
+    assert not reversal_records(out)  # nothing new owed
+    sends = sent_reversals(fresh.run_until(fresh.now + 1))
+    assert sorted(s.mti for s in sends) == ["0400", "0401"]
+    for sent in sends:
+        done = fresh.respond({"11": sent.fields["11"], "41": "TERM0001", "39": "00"}, mti="0410")
+        assert [type(r).__name__ for r in records(done)] == [
+            "AuthorizationRecord",
+            "ReversalRecord",
+        ]
+        assert auth_records(done)[0].state is AuthState.REVERSED
+    assert fresh.core.stats()["reversals_owed"] == 0
+    assert fresh.core.stats()["authorizations_open"] == 0
+
+
+def test_failed_reversals_stay_failed_until_requeued() -> None:
+    h = Harness(settings(max_attempts=1))
+    h.request(sale())
+    h.run_until(h.now + 30)
+    fresh, out = restart(h, settings=settings(max_attempts=1))
+    assert not out and fresh.core.stats()["reversals_failed"] == 1
+    assert not sent_reversals(fresh.run_until(fresh.now + 1000))
+    fresh.requeue(1)
+    assert sent_reversals(fresh.advance(0))
+
+
+def test_ids_continue_after_restart() -> None:
+    h = Harness()
+    h.request(sale("000001"))
+    fresh, out = restart(h)
+    assert reversal_records(out)[0].reversal_id == 1
+    request = sale("000009")
+    assert auth_records(fresh.request(request))[0].txn_id == 2
+
+
+def test_reversal_whose_authorization_closed_before_the_crash_still_completes() -> None:
+    h = Harness()
+    h.request(sale())
+    [sent] = sent_reversals(h.advance(15))
+    auths, revs = journal(h.log)
+    # the crash came after the authorization's REVERSED was durable, before the reversal's
+    auths = []
+    core = GatewayCore(
+        h.core.dialect, settings(), now=h.now, open_authorizations=auths, open_reversals=revs,
+        next_txn_id=2, next_reversal_id=2,
+    )  # fmt: skip
+    assert not core.recover(h.now)
+    fresh = Harness(links=())
+    fresh.core = core
+    fresh.now = h.now
+    fresh.link_up(1)
+    [again] = sent_reversals(fresh.advance(0))
+    assert again.mti == "0401" and again.fields["11"] == sent.fields["11"]
+    out = fresh.respond({"11": again.fields["11"], "39": "00"}, mti="0410")
+    assert [type(r).__name__ for r in records(out)] == ["ReversalRecord"]
+
+
+def test_recovered_reversals_wait_for_a_link_and_drain_at_the_rate() -> None:
+    h = Harness()
+    for n in range(20):
+        h.request(sale(f"{n + 1:06d}"), conn=n + 1)
+    fresh, _ = restart(h, link=False, settings=settings(reversal_drain_rate=5.0))
+    assert not sent_reversals(fresh.advance(60))
+    fresh.link_up(1)
+    out = fresh.advance(0.99)
+    assert len(sent_reversals(out)) == 5  # slots at 0, 0.2, ..., 0.8
+    assert len(sent_reversals(fresh.advance(1.0))) == 5
+
+
+def test_a_journaled_delivered_approval_is_not_in_doubt() -> None:
+    h = Harness()
+    request = sale()
+    h.approve(request)
+    fresh, out = restart(h)
+    assert not out and not sent_reversals(fresh.run_until(fresh.now + 100))
+
+
+def test_late_responses_after_restart_are_unmatched() -> None:
+    h = Harness()
+    request = sale()
+    h.request(request)
+    fresh, _ = restart(h)
+    out = fresh.respond(answer(request))
+    assert not to_terminal(out)

@@ -76,9 +76,16 @@ async def one_run(
     port: int, terminals: int, pipeline: int, count: int, rate: float, pid: int | None
 ) -> Run:
     fleet = TerminalFleet(
-        "127.0.0.1", port, DIALECT, terminals=terminals, pipeline=pipeline, count=count,
-        rate=rate, timeout=10.0, seed=terminals * 1000 + pipeline,
-    )  # fmt: skip
+        "127.0.0.1",
+        port,
+        DIALECT,
+        terminals=terminals,
+        pipeline=pipeline,
+        count=count,
+        rate=rate,
+        timeout=10.0,
+        seed=terminals * 1000 + pipeline,
+    )
     cpu_before = cpu_seconds(pid) if pid else 0.0
     results = await fleet.run()
     cpu_after = cpu_seconds(pid) if pid else 0.0
@@ -112,10 +119,23 @@ async def main(quick: bool) -> None:
     work = Path(tempfile.mkdtemp(prefix="gw-bench-"))
     sim_port, relay_port, gw_port = free_port(), free_port(), free_port()
     py = sys.executable
-    sim = start([py, "-m", "gateway", "sim", "acquirer", "--listen", f"127.0.0.1:{sim_port}",
-                 "--dialect", DIALECT], work / "sim.log")  # fmt: skip
-    relay = start([py, "-m", "bench.relay", str(relay_port), "127.0.0.1", str(sim_port)],
-                  work / "relay.log")  # fmt: skip
+    sim = start(
+        [
+            py,
+            "-m",
+            "gateway",
+            "sim",
+            "acquirer",
+            "--listen",
+            f"127.0.0.1:{sim_port}",
+            "--dialect",
+            DIALECT,
+        ],
+        work / "sim.log",
+    )
+    relay = start(
+        [py, "-m", "bench.relay", str(relay_port), "127.0.0.1", str(sim_port)], work / "relay.log"
+    )
     config = work / "gateway.toml"
     config.write_text(
         f'[gateway]\nlisten = "127.0.0.1:{gw_port}"\ndata_dir = "{work}"\n'
@@ -123,8 +143,11 @@ async def main(quick: bool) -> None:
         '[logging]\nformat = "json"\n'
     )
     gateway = start([py, "-m", "gateway", "serve", "--config", str(config)], work / "gw.log")
-    processes = {"direct": (sim_port, None), "relay": (relay_port, relay.pid),
-                 "gateway": (gw_port, gateway.pid)}  # fmt: skip
+    processes = {
+        "direct": (sim_port, None),
+        "relay": (relay_port, relay.pid),
+        "gateway": (gw_port, gateway.pid),
+    }
     try:
         for port, process in ((sim_port, sim), (relay_port, relay), (gw_port, gateway)):
             wait_listening(port, process)

@@ -9,6 +9,11 @@ from typing import Protocol
 
 import structlog
 
+try:
+    import uvloop
+except ImportError:  # uvloop is optional (not on Windows): plain asyncio works, slower
+    uvloop = None  # type: ignore[assignment]
+
 from gateway.config import GatewayConfig
 from gateway.journal.sqlite import SqliteJournal
 from gateway.ops.logging import configure_logging
@@ -65,9 +70,7 @@ async def serve(config: GatewayConfig) -> None:
 def run(config: GatewayConfig) -> None:
     configure_logging(config.logging.level, config.logging.format)
     with contextlib.suppress(KeyboardInterrupt):
-        try:
-            import uvloop
-        except ImportError:  # uvloop is optional: plain asyncio works, slower
+        if uvloop is None:
             asyncio.run(serve(config))
         else:
             uvloop.run(serve(config))

@@ -17,7 +17,10 @@ from typing import Any
 
 import click
 
+from gateway.app import run
 from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.core.records import OPEN_REVERSAL_STATES, ReversalRecord, ReversalState
+from gateway.journal.sqlite import SqliteJournal
 from gateway.sim.commands import sim
 from gateway.wire.codec import Codec, CodecError
 from gateway.wire.dialect import DialectError, find_dialects, get_dialect
@@ -42,8 +45,13 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--specs-dir", "specs_dirs", multiple=True, type=click.Path(path_type=Path),
-              help="Extra directory of dialect files (repeatable).")  # fmt: skip
+@click.option(
+    "--specs-dir",
+    "specs_dirs",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Extra directory of dialect files (repeatable).",
+)
 def dialects(specs_dirs: Sequence[Path]) -> None:
     """List the dialects this gateway can speak."""
     try:
@@ -121,13 +129,24 @@ def _unhex(text: str, source: str = "input") -> bytes:
 @cli.command()
 @click.argument("hex_text", metavar="[HEX | -]", required=False)
 @click.option("--dialect", "dialect_name", required=True, help="Dialect name (see `dialects`).")
-@click.option("--file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Read the message from a file (.hex/.txt files hold hex text).")  # fmt: skip
-@click.option("--input", "input_format", type=click.Choice(["hex", "raw"]),
-              help="Stdin or --file holds hex text or the message bytes (default: hex for "
-                   "stdin; for a file, hex if named .hex/.txt, raw otherwise).")  # fmt: skip
-@click.option("--framing", "length", type=click.Choice(LENGTH_HEADERS),
-              help="Override the dialect's length header (none: a bare message).")  # fmt: skip
+@click.option(
+    "--file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Read the message from a file (.hex/.txt files hold hex text).",
+)
+@click.option(
+    "--input",
+    "input_format",
+    type=click.Choice(["hex", "raw"]),
+    help="Stdin or --file holds hex text or the message bytes (default: hex for "
+    "stdin; for a file, hex if named .hex/.txt, raw otherwise).",
+)
+@click.option(
+    "--framing",
+    "length",
+    type=click.Choice(LENGTH_HEADERS),
+    help="Override the dialect's length header (none: a bare message).",
+)
 @click.option("--specs-dir", "specs_dirs", multiple=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def decode(
@@ -199,8 +218,12 @@ def _config_from_flags(config_path: Path | None, overrides: dict[str, Any]) -> G
 
 
 @cli.command()
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False,
-              path_type=Path), help="TOML configuration file.")  # fmt: skip
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML configuration file.",
+)
 @click.option("--listen", help="Where terminals connect, HOST:PORT.")
 @click.option("--acquirer", multiple=True, help="Acquirer HOST:PORT; repeat for failover.")
 @click.option("--dialect", help="Dialect name.")
@@ -238,17 +261,13 @@ def serve(
         get_dialect(config.gateway.dialect, config.gateway.specs_dirs)
     except DialectError as error:
         raise Failure(str(error)) from None
-    from gateway.app import run
-
     run(config)
 
 
 # saf: the store-and-forward queue of reversals -----------------------------------------------
 
 
-def _journal_for(config_path: Path | None, journal: Path | None) -> Any:
-    from gateway.journal.sqlite import SqliteJournal
-
+def _journal_for(config_path: Path | None, journal: Path | None) -> SqliteJournal:
     config = _config_from_flags(config_path, {"journal.path": journal})
     path = config.journal_path
     if not path.exists():
@@ -259,7 +278,7 @@ def _journal_for(config_path: Path | None, journal: Path | None) -> Any:
 journal_options = [
     click.option(
         "--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path)
-    ),  # fmt: skip
+    ),
     click.option("--journal", type=click.Path(path_type=Path), help="Journal file."),
 ]
 
@@ -281,8 +300,6 @@ def saf() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def saf_list(config_path: Path | None, journal: Path | None, show_all: bool, as_json: bool) -> None:
     """Show owed, sent and failed reversals (PAN masked)."""
-    from gateway.core.records import OPEN_REVERSAL_STATES, ReversalState
-
     store = _journal_for(config_path, journal)
     states = set(ReversalState) if show_all else set(OPEN_REVERSAL_STATES)
     rows = [_reversal_row(r) for r in asyncio.run(store.list_reversals(states))]
@@ -292,14 +309,26 @@ def saf_list(config_path: Path | None, journal: Path | None, show_all: bool, as_
     if not rows:
         click.echo("no reversals owed")
         return
-    header = ("ID", "TXN", "STATE", "REASON", "TRIES", "MTI", "STAN", "TERMINAL", "AMOUNT",
-              "PAN", "LAST RC", "CREATED (UTC)")  # fmt: skip
+    header = (
+        "ID",
+        "TXN",
+        "STATE",
+        "REASON",
+        "TRIES",
+        "MTI",
+        "STAN",
+        "TERMINAL",
+        "AMOUNT",
+        "PAN",
+        "LAST RC",
+        "CREATED (UTC)",
+    )
     click.echo("  ".join(f"{h:<10}" for h in header).rstrip())
     for row in rows:
         click.echo("  ".join(f"{row[k]!s:<10}" for k in row).rstrip())
 
 
-def _reversal_row(record: Any) -> dict[str, Any]:
+def _reversal_row(record: ReversalRecord) -> dict[str, Any]:
     fields = record.fields
     pan = fields.get("2")
     return {

@@ -75,7 +75,9 @@ class AcquirerSection(_Section):
 
 class ReversalSection(_Section):
     timeout: float = Field(10.0, gt=0)  # wait for 0410/0430 before repeating
-    retry_delays: list[float] = Field(default_factory=lambda: [5.0, 10.0, 30.0, 60.0, 300.0], min_length=1)
+    retry_delays: list[float] = Field(
+        default_factory=lambda: [5.0, 10.0, 30.0, 60.0, 300.0], min_length=1
+    )
     max_attempts: int = Field(20, ge=1)
     expiry: float = Field(86_400.0, gt=0)
     drain_rate: float = Field(50.0, gt=0)  # reversals per second once a link is back

@@ -92,15 +92,16 @@ async def run_demo() -> int:
     OUT.mkdir(exist_ok=True)
     for stale in OUT.glob("journal.sqlite3*"):
         stale.unlink()
-    faults = FaultRates(drop_rate=0.03, late_rate=0.03, late=5.0, close_rate=0.002,
-                        delay_rate=0.05, delay=0.5)  # fmt: skip
+    faults = FaultRates(
+        drop_rate=0.03, late_rate=0.03, late=5.0, close_rate=0.002, delay_rate=0.05, delay=0.5
+    )
     rules = [
         Rule(
             name="big amounts declined",
             mti=frozenset({"0100", "0200"}),
             amount_min=40_000,
             response_code="51",
-        )  # fmt: skip
+        )
     ]
     simulator = AcquirerSimulator(DIALECT, rules=rules, faults=faults, seed=7)
     ledger_port = _free_port()
@@ -117,18 +118,31 @@ async def run_demo() -> int:
     try:
         await _wait_port(listen_port, gateway, 15.0)
         _say("iso-gateway demo")
-        _say(f"  acquirer simulator  127.0.0.1:{simulator.port}  (ledger: "
-             f"http://127.0.0.1:{ledger_port}/ledger)")  # fmt: skip
-        _say(f"  gateway             127.0.0.1:{listen_port}  (metrics: "
-             f"http://127.0.0.1:{metrics_port}/metrics, log: {OUT / 'gateway.log'})")  # fmt: skip
+        _say(
+            f"  acquirer simulator  127.0.0.1:{simulator.port}  (ledger: "
+            f"http://127.0.0.1:{ledger_port}/ledger)"
+        )
+        _say(
+            f"  gateway             127.0.0.1:{listen_port}  (metrics: "
+            f"http://127.0.0.1:{metrics_port}/metrics, log: {OUT / 'gateway.log'})"
+        )
         _say(f"  terminals           {TERMINALS}, {RATE:.0f} requests/s, {COUNT} requests")
-        _say("  faults              3% of answers dropped, 3% late, 0.2% connection cut, "
-             "5% slow; amounts >= 400.00 declined")  # fmt: skip
+        _say(
+            "  faults              3% of answers dropped, 3% late, 0.2% connection cut, "
+            "5% slow; amounts >= 400.00 declined"
+        )
         _say()
         fleet = TerminalFleet(
-            "127.0.0.1", listen_port, DIALECT, terminals=TERMINALS, count=COUNT, rate=RATE,
-            timeout=TERMINAL_TIMEOUT, seed=11, progress=_say,
-        )  # fmt: skip
+            "127.0.0.1",
+            listen_port,
+            DIALECT,
+            terminals=TERMINALS,
+            count=COUNT,
+            rate=RATE,
+            timeout=TERMINAL_TIMEOUT,
+            seed=11,
+            progress=_say,
+        )
         results = await fleet.run()
         _say("\nterminals done; waiting for the gateway to settle its reversals ...")
         deadline = time.monotonic() + SETTLE_SECONDS
@@ -163,19 +177,22 @@ def _report(told: dict[str, Any], host: dict[str, Any], ok: bool, violations: An
     _say(f"  no answer                    {told['no_answer']}")
     _say("what the acquirer did")
     _say(f"  approved (funds held)        {ledger['approved']}")
-    _say(f"  answers dropped/late/cut     {faults.get('drop', 0)}/{faults.get('late', 0)}/"
-         f"{faults.get('close', 0)}")  # fmt: skip
+    _say(
+        f"  answers dropped/late/cut     {faults.get('drop', 0)}/{faults.get('late', 0)}/"
+        f"{faults.get('close', 0)}"
+    )
     _say(f"  reversals received           {reversals}  (of them repeats 0401: {repeats})")
     _say(f"  holds released by reversal   {ledger['released']}")
     _say(f"  originals reversed twice     {ledger['reversed_twice']}")
     _say("the money")
     _say(f"  holds left on the ledger     {ledger['holds_open']}")
-    _say(f"  ...that no terminal was told about: {len(violations.unreported_holds)}"
-         "   (must be 0)")  # fmt: skip
+    _say(f"  ...that no terminal was told about: {len(violations.unreported_holds)}   (must be 0)")
     _say()
     if ok:
-        _say("OK: every hold left belongs to an approval a terminal received; "
-             "nothing was reversed twice.")  # fmt: skip
+        _say(
+            "OK: every hold left belongs to an approval a terminal received; "
+            "nothing was reversed twice."
+        )
     else:
         _say("NOT OK:\n" + violations.describe())
     summary = {"terminals": told, "acquirer": host, "ok": ok}

@@ -132,7 +132,7 @@ class GatewayService:
             log.info(
                 "recovering", open_authorizations=len(authorizations), open_reversals=len(reversals)
             )
-        self._run(lambda now: self._core.recover(now))
+        self._run(self._core.recover)
         for link in self.links.values():
             link.start()
         host, port = parse_hostport(self.config.gateway.listen)
@@ -205,7 +205,7 @@ class GatewayService:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_deadline = None
-        self._run(lambda now: self._core.on_timer(now))
+        self._run(self._core.on_timer)
 
     # commands ---------------------------------------------------------------------------
 

@@ -46,7 +46,9 @@ def _imported_roots(path: Path) -> set[str]:
 @pytest.mark.parametrize("layer", ["core", "wire"])
 def test_pure_layers_import_no_io(layer: str) -> None:
     offenders = {
-        str(path.relative_to(PACKAGE.parent)): sorted(_imported_roots(path) & FORBIDDEN_IN_PURE_LAYERS)
+        str(path.relative_to(PACKAGE.parent)): sorted(
+            _imported_roots(path) & FORBIDDEN_IN_PURE_LAYERS
+        )
         for path in sorted((PACKAGE / layer).rglob("*.py"))
     }
     offenders = {name: mods for name, mods in offenders.items() if mods}

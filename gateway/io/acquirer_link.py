@@ -149,9 +149,11 @@ class AcquirerLink:
                 )
             except (OSError, TimeoutError) as error:
                 log.info(
-                    "acquirer_connect_failed", link=self.link_id, address=f"{host}:{port}",
+                    "acquirer_connect_failed",
+                    link=self.link_id,
+                    address=f"{host}:{port}",
                     error=str(error) or type(error).__name__,
-                )  # fmt: skip
+                )
                 continue
             self._protocol = protocol
             self.address = (host, port)

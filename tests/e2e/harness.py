@@ -42,8 +42,11 @@ FAST = {
 
 def now_fields() -> dict[str, str]:
     now = datetime.now(UTC)
-    return {"7": now.strftime("%m%d%H%M%S"), "12": now.strftime("%H%M%S"),
-            "13": now.strftime("%m%d")}  # fmt: skip
+    return {
+        "7": now.strftime("%m%d%H%M%S"),
+        "12": now.strftime("%H%M%S"),
+        "13": now.strftime("%m%d"),
+    }
 
 
 def auth(
@@ -110,8 +113,10 @@ class Stack:
 
     async def no_reversals_open(self, timeout: float = 5.0) -> None:
         await self.settle(
-            lambda: self.service.status().get("reversals_owed", 0) == 0
-            and self.service.status().get("reversals_sent", 0) == 0,
+            lambda: (
+                self.service.status().get("reversals_owed", 0) == 0
+                and self.service.status().get("reversals_sent", 0) == 0
+            ),
             timeout,
             "every reversal to settle",
         )

@@ -10,7 +10,6 @@ from gateway.sim.rules import Rule
 from .harness import Stack, StackFactory, auth, events
 
 
-
 def _single_hold_released_once(stack: Stack) -> None:
     holds = stack.holds()
     assert len(holds) == 1

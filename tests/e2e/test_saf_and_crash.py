@@ -122,9 +122,16 @@ format = "json"
     try:
         await _wait_listening(port, gateway)
         fleet = TerminalFleet(
-            "127.0.0.1", port, "iso87-binary", terminals=10, count=1500, rate=500,
-            timeout=2.0, seed=9, connect_retry_delay=0.1,
-        )  # fmt: skip
+            "127.0.0.1",
+            port,
+            "iso87-binary",
+            terminals=10,
+            count=1500,
+            rate=500,
+            timeout=2.0,
+            seed=9,
+            connect_retry_delay=0.1,
+        )
         running = asyncio.create_task(fleet.run())
         await asyncio.sleep(1.2)
         gateway.send_signal(signal.SIGKILL)  # mid-run: requests in flight, reversals owed

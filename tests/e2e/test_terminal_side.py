@@ -106,9 +106,15 @@ async def test_flapping_acquirer_under_load_keeps_the_invariant(make_stack: Stac
     stack = await make_stack(faults=faults, **{"reversal.retry_delays": [0.1, 0.2, 0.4]})
     await stack.links_up()
     fleet = TerminalFleet(
-        "127.0.0.1", stack.port, "iso87-binary", terminals=8, count=600, rate=300,
-        timeout=3.0, seed=5,
-    )  # fmt: skip
+        "127.0.0.1",
+        stack.port,
+        "iso87-binary",
+        terminals=8,
+        count=600,
+        rate=300,
+        timeout=3.0,
+        seed=5,
+    )
 
     async def flap() -> None:
         for _ in range(3):
@@ -120,9 +126,10 @@ async def test_flapping_acquirer_under_load_keeps_the_invariant(make_stack: Stac
     results, _ = await asyncio.gather(fleet.run(), flap())
     await stack.links_up()
     await stack.settle(
-        lambda: check(stack.simulator.ledger, results.records).ok, timeout=15,
+        lambda: check(stack.simulator.ledger, results.records).ok,
+        timeout=15,
         what="the ledger to match what terminals were told",
-    )  # fmt: skip
+    )
     summary = stack.simulator.ledger.summary()
     assert summary["reversed_twice"] == 0
     assert summary["released"] > 0  # faults happened and were reversed

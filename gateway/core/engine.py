@@ -524,7 +524,12 @@ class GatewayCore:
         data = notices.response_data(event.mti, event.fields, event.link_id, "late")
         out.append(Notify(notices.LATE_RESPONSE, data))
         auth = pending.auth
-        if auth is None or auth.state is not AuthState.REVERSING:
+        if auth is None:
+            return
+        if auth.state is AuthState.REVERSED and code in self.settings.approval_codes:
+            self._reverse_overtaken(auth, event, now, out)
+            return
+        if auth.state is not AuthState.REVERSING:
             return
         rev = auth.reversal
         not_sent = rev is not None and rev.state is ReversalState.OWED and not rev.sent_before
@@ -548,6 +553,24 @@ class GatewayCore:
             out.append(Notify(notices.REVERSAL_CANCELLED, {**data, "state": rev.state.value}))
             # A terminal that asked for this reversal is answered: nothing is held.
             self._answer_waiters(rev, APPROVED_BY_GATEWAY, out)
+
+    def _reverse_overtaken(
+        self, auth: Authorization, event: AcquirerResponse, now: float, out: list[Command]
+    ) -> None:
+        """An approval came after the acquirer answered our reversal "original not found":
+        the reversal overtook its original, and the funds are held now. Reverse again (the
+        first reversal released nothing, so this is still one release per original)."""
+        rev = auth.reversal
+        if rev is None or rev.last_response_code not in self._rules.not_found_codes:
+            return
+        if not auth.reversal_fields:
+            return  # nothing left to build it from (the request was forgotten meanwhile)
+        auth.response_code = event.fields.get("39")
+        approval_code = event.fields.get("38")
+        if approval_code:
+            auth.approval_code = approval_code
+            auth.reversal_fields = {**auth.reversal_fields, "38": approval_code}
+        self._owe_reversal(auth, ReversalReason.TIMEOUT, now, out)
 
     # delivery of approvals -----------------------------------------------------------------------
 
@@ -971,7 +994,13 @@ class GatewayCore:
         if code is not None and code in self._rules.resolved_codes:
             auth = rev.auth
             if auth is not None and auth.reversal is rev:
+                kept = auth.reversal_fields
                 self._close_auth(auth, AuthState.REVERSED, now, out)
+                if code in self._rules.not_found_codes and auth.pending is not None:
+                    # "Original not found" while the original's answer may still come: the
+                    # reversal may have overtaken it. Keep (in memory only, the journal has
+                    # none) what a second reversal needs, until the request is forgotten.
+                    auth.reversal_fields = kept
             data = notices.reversal_data(rev)
             self._close_reversal(rev, ReversalState.ACKNOWLEDGED, now, out)
             out.append(Notify(notices.REVERSAL_ACKNOWLEDGED, {**data, "state": rev.state.value}))
@@ -1154,6 +1183,8 @@ class GatewayCore:
         auth = pending.auth
         if auth is not None:
             auth.pending = None
+            if auth.closed_at is not None:
+                auth.reversal_fields = {}  # no late answer can come any more
             self._forget_auth_if_done(auth, now)
 
     def _unindex(self, key: IndexKey, item: _Matchable) -> None:

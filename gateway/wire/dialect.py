@@ -75,6 +75,9 @@ class ReversalRules:
     )
     # DE 39 values of a 0410/0430 that end the reversal: done, original not found, already done
     resolved_codes: frozenset[str] = frozenset({"00", "25", "94"})
+    # Of those, the ones that say "original not found": nothing was released. If the original's
+    # approval arrives after such an answer (the reversal overtook it), it is reversed again.
+    not_found_codes: frozenset[str] = frozenset({"25"})
 
 
 @dataclass(frozen=True)
@@ -261,7 +264,7 @@ _FRAMING_KEYS = frozenset({"length", "tpdu", "header_length", "max_frame"})
 _REVERSAL_KEYS = frozenset(
     {
         "mti", "copy_fields", "stan", "original_data", "include_approval_code",
-        "reason_codes", "resolved_codes",
+        "reason_codes", "resolved_codes", "not_found_codes",
     }
 )  # fmt: skip
 _NON_DATA_KEYS = ("h", "t", "p", "1")  # header, MTI, primary and secondary bitmap
@@ -449,8 +452,16 @@ def _check_reversal(file: str, reversal: dict[str, Any]) -> None:
                     f"unknown reason; known: {', '.join(REVERSAL_REASONS)}",
                 )
             _code(file, f"reversal.reason_codes.{reason}", code)
-    if "resolved_codes" in reversal:
-        _code_list(file, "reversal.resolved_codes", reversal["resolved_codes"], 2, digits=False)
+    for key in ("resolved_codes", "not_found_codes"):
+        if key in reversal:
+            _code_list(file, f"reversal.{key}", reversal[key], 2, digits=False)
+    if "not_found_codes" in reversal:
+        resolved = set(reversal.get("resolved_codes", ReversalRules().resolved_codes))
+        outside = sorted(set(reversal["not_found_codes"]) - resolved)
+        if outside:
+            raise DialectError(
+                file, "reversal.not_found_codes", f"{outside} are not among the resolved_codes"
+            )
 
 
 def _field_list(file: str, where: str, value: object) -> list[str]:
@@ -519,6 +530,7 @@ def _build(file: str, raw: dict[str, Any], parent: str | None) -> Dialect:
         ),
         reason_codes=MappingProxyType(reason_codes),
         resolved_codes=frozenset(reversal_raw.get("resolved_codes", rules.resolved_codes)),
+        not_found_codes=frozenset(reversal_raw.get("not_found_codes", rules.not_found_codes)),
     )
     codes = raw.get("reversible_processing_codes", defaults.reversible_processing_codes)
     dialect = Dialect(

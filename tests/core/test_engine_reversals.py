@@ -429,3 +429,33 @@ def test_late_decline_does_not_cancel_a_requeued_reversal_that_was_sent_before()
     assert notices(out, "late_response") and not reversal_records(out)
     h.link_up(1)
     assert sent_reversals(h.advance(0))
+
+
+def test_approval_after_an_original_not_found_reversal_is_reversed_again() -> None:
+    """The reversal overtook its original: answered 25, then the approval arrives late. The
+    funds are held now, so a second reversal goes out (the first released nothing)."""
+    h = Harness()
+    request = sale()
+    first = timed_out(h, request)
+    out = h.respond({**reversal_answer(first, "25")}, mti="0410")
+    assert [a.state for a in auth_records(out)] == [AuthState.REVERSED]
+    assert all(not a.reversal_fields for a in auth_records(out))  # nothing on disk
+    out = h.respond(answer(request))  # the late approval
+    assert not to_terminal(out)
+    [second] = sent_reversals(out)
+    assert second.fields["2"] == PAN and second.fields["38"] == "A1B2C3"
+    assert second.fields["11"] != first.fields["11"]
+    assert AuthState.REVERSING in [a.state for a in auth_records(out)]
+    out = h.respond(reversal_answer(second), mti="0410")
+    assert [a.state for a in auth_records(out)] == [AuthState.REVERSED]
+    assert notices(out, "reversal_acknowledged")
+
+
+def test_approval_after_a_done_reversal_is_not_reversed_again() -> None:
+    """Answered 00: the hold was released once; a late approval changes nothing."""
+    h = Harness()
+    request = sale()
+    first = timed_out(h, request)
+    h.respond(reversal_answer(first, "00"), mti="0410")
+    out = h.respond(answer(request))
+    assert not sent_reversals(out) and not to_terminal(out)

@@ -261,6 +261,11 @@ BROKEN = [
     ({**MINIMAL, "reversal": {"stan": "random"}}, "reversal.stan", "'new' or 'original'"),
     ({**MINIMAL, "reversal": {"retries": 3}}, "reversal.retries", "unknown key"),
     (
+        {**MINIMAL, "reversal": {"original_data": "none", "not_found_codes": ["12"]}},
+        "reversal.not_found_codes",
+        "not among the resolved_codes",
+    ),
+    (
         {**MINIMAL, "reversal": {"original_data": "de90", "copy_fields": ["2"]}},
         "reversal.original_data",
         "needs field 90",

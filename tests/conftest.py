@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.e2e.harness import Stack, StackFactory, start_stack, stop_stack
 
 REPO = Path(__file__).resolve().parents[1]
 VECTORS = Path(os.environ.get("GATEWAY_VECTORS", REPO.parent / "shared" / "vectors"))
@@ -64,3 +68,18 @@ def mosquitto() -> tuple[str, int]:
 def postgres_dsn() -> str:
     need_service("PostgreSQL", "127.0.0.1", 5432)
     return "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+async def make_stack(tmp_path: Path) -> AsyncIterator[StackFactory]:
+    """Start the acquirer simulator and a gateway on 127.0.0.1 (see tests/e2e/harness.py)."""
+    stacks: list[Stack] = []
+
+    async def factory(**options: Any) -> Stack:
+        stack = await start_stack(tmp_path, **options)
+        stacks.append(stack)
+        return stack
+
+    yield factory
+    for stack in stacks:
+        await stop_stack(stack)

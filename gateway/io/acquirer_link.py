@@ -155,6 +155,11 @@ class AcquirerLink:
                     error=str(error) or type(error).__name__,
                 )
                 continue
+            if self._stopping:
+                # Python 3.11's wait_for can swallow a cancel that races with the connect
+                # completing: never keep a connection made after stop() was called.
+                protocol.abort()
+                return False
             self._protocol = protocol
             self.address = (host, port)
             self._last_received = time.monotonic()

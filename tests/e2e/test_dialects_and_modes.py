@@ -1,0 +1,79 @@
+"""The invariant under other dialects and settings: CUP, STAN rewrite, graceful restarts."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.sim.invariant import check
+from gateway.sim.rules import FaultRates, Rule
+from gateway.sim.terminals import TerminalFleet
+
+from .harness import StackFactory, auth, events
+
+FAULTS = FaultRates(drop_rate=0.05, late_rate=0.05, late=0.8, delay_rate=0.05, delay=0.1)
+
+
+async def run_fleet(stack, dialect: str, **options):  # type: ignore[no-untyped-def]
+    fleet = TerminalFleet(
+        "127.0.0.1",
+        stack.port,
+        dialect,
+        terminals=6,
+        count=300,
+        rate=300,
+        seed=21,
+        **{"timeout": 2.0, **options},
+    )
+    return await fleet.run()
+
+
+async def test_cup_terminals_that_reverse_on_their_own(make_stack: StackFactory) -> None:
+    """CUP: same-STAN reversals without DE 90, from the gateway and from the terminals."""
+    # Terminals that give up (0.6 s) before the gateway does (1.5 s) send their own 0400.
+    stack = await make_stack(dialect="cup-pos", faults=FAULTS, **{"acquirer.timeout": 1.5})
+    await stack.links_up()
+    results = await run_fleet(stack, "cup-pos", reverse_on_timeout=True, timeout=0.6)
+    await stack.settle(
+        lambda: check(stack.simulator.ledger, results.records).ok,
+        timeout=15,
+        what="the ledger to match what terminals were told",
+    )
+    summary = stack.simulator.ledger.summary()
+    assert summary["reversed_twice"] == 0 and summary["released"] > 0
+    assert results.summary()["terminal_reversals"]  # the terminals did send their own
+    assert stack.requests_seen("0400") > 0
+
+
+async def test_stan_rewrite_keeps_the_invariant(make_stack: StackFactory) -> None:
+    stack = await make_stack(faults=FAULTS, **{"acquirer.stan_mode": "rewrite"})
+    await stack.links_up()
+    results = await run_fleet(stack, "iso87-binary")
+    # The host sees the gateway's STANs: match holds to terminals on DE 37 instead.
+    match_on = ("mti", "terminal_id", "transmission_time", "amount", "rrn")
+    await stack.settle(
+        lambda: check(stack.simulator.ledger, results.records, match_on).ok,
+        timeout=15,
+        what="the ledger to match what terminals were told",
+    )
+    host_stans = {hold.key.stan for hold in stack.holds()}
+    told_stans = {record.key.stan for record in results.records}
+    assert host_stans - told_stans, "the acquirer saw the terminals' own STANs"
+
+
+async def test_graceful_restart_reverses_what_was_in_flight(make_stack: StackFactory) -> None:
+    rules = [Rule(mti=frozenset({"0200"}), fault="delay", seconds=1.0, times=1)]
+    stack = await make_stack(
+        rules=rules, **{"acquirer.timeout": 5.0, "gateway.shutdown_grace": 0.2}
+    )
+    await stack.links_up()
+    terminal = await stack.terminal()
+    sending = asyncio.create_task(terminal.send("0200", auth(50), timeout=3.0))
+    await stack.settle(lambda: stack.requests_seen("0200") == 1, what="the request upstream")
+    await stack.restart_gateway()  # SIGTERM-like: grace 0.2 s, then stop with it in flight
+    assert await sending is None  # the terminal never got an answer
+    await stack.links_up()
+    await stack.acknowledged()
+    kinds = events(stack).kinds()
+    assert "reversal_owed" in kinds
+    holds = stack.holds()
+    assert len(holds) == 1 and holds[0].released and holds[0].duplicate_reversals == 0

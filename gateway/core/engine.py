@@ -506,9 +506,11 @@ class GatewayCore:
             for conn_id in conns:
                 self._deliver(auth, conn_id, pending, out)
             if not conns:
-                data = notices.auth_data(auth, "closed")
-                out.append(Notify(notices.UNDELIVERABLE_RESPONSE, data))
+                undeliverable = notices.auth_data(auth, "closed")
+                out.append(Notify(notices.UNDELIVERABLE_RESPONSE, undeliverable))
                 self._owe_reversal(auth, ReversalReason.UNDELIVERABLE, now, out)
+                if auth.reversal is not None:  # notices are read once this step returns
+                    data["reversal_id"] = auth.reversal.reversal_id
         else:
             auth.response_code = code
             self._close_auth(auth, AuthState.DECLINED, now, out)
@@ -657,6 +659,8 @@ class GatewayCore:
             self._forget(pending, now)
         elif auth is not None:
             self._owe_reversal(auth, reason, now, out)
+            if auth.reversal is not None:  # notices are read once this step returns
+                data["reversal_id"] = auth.reversal.reversal_id
 
     def _on_link_up(self, event: LinkUp, now: float) -> None:
         self._links_up.add(event.link_id)

@@ -52,6 +52,7 @@ def request_data(
     data: dict[str, Any] = {
         "mti": mti,
         "stan": fields.get("11"),
+        "rrn": fields.get("37"),
         "terminal_id": fields.get("41"),
         "outcome": outcome,
     }
@@ -70,6 +71,7 @@ def auth_data(auth: Authorization, outcome: str) -> dict[str, Any]:
         "txn_id": auth.txn_id,
         "mti": auth.mti,
         "stan": auth.stan,
+        "rrn": auth.rrn,
         "terminal_id": auth.terminal_id,
         "response_code": auth.response_code,
         "outcome": outcome,
@@ -82,6 +84,7 @@ def reversal_data(rev: Reversal) -> dict[str, Any]:
         "txn_id": rev.txn_id,
         "mti": rev.mti,
         "stan": rev.stan,
+        "rrn": rev.fields.get("37"),
         "terminal_id": rev.fields.get("41"),
         "reason": rev.reason.value,
         "attempts": rev.attempts,
@@ -101,6 +104,7 @@ def response_data(mti: str, fields: Mapping[str, str], link_id: int, reason: str
     return {
         "mti": mti,
         "stan": fields.get("11"),
+        "rrn": fields.get("37"),
         "terminal_id": fields.get("41"),
         "response_code": fields.get("39"),
         "link_id": link_id,

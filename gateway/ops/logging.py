@@ -12,6 +12,7 @@ Two paths share those processors and one output stream:
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import threading
@@ -31,26 +32,49 @@ _LEVELS = logging.getLevelNamesMapping()
 _SHORTEST_PAN = 13
 
 
-def _redact(value: Any) -> Any:
+def redact_value(value: Any) -> Any:
+    """``value`` as it may be shown: strings masked, containers walked. Anything else (an
+    exception, bytes, a path...) becomes its text here, so masking sees exactly what the
+    renderer would otherwise print through ``str()``."""
     if isinstance(value, str):
         return redact_text(value) if len(value) >= _SHORTEST_PAN else value
+    if value is None or isinstance(value, int | float):  # bool is an int
+        return value
     if isinstance(value, dict):
-        return {key: _redact(item) for key, item in value.items()}
+        return {key: redact_value(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_redact(item) for item in value)
-    return value
+        return [redact_value(item) for item in value]
+    return redact_value(str(value))
 
 
 def redact_processor(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
     for key, value in event_dict.items():
-        event_dict[key] = _redact(value)
+        if key != "_record":  # ProcessorFormatter's LogRecord: dropped before rendering
+            event_dict[key] = redact_value(value)
     return event_dict
+
+
+def log_context_var(key: str) -> contextvars.ContextVar[Any]:
+    """The context variable behind ``structlog.contextvars.bind_contextvars(key=...)``.
+
+    For hot paths: ``var.set()`` / ``var.reset()`` cost ~0.4 µs against ~2 µs for
+    bind/reset_contextvars and ~5 µs for ``bound_contextvars``; ``merge_contextvars`` adds
+    the value to every line logged meanwhile, like any bound key.
+    """
+    token = structlog.contextvars.bind_contextvars(**{key: ...})[key]
+    token.var.reset(token)
+    return token.var
 
 
 def _orjson_dumps(event: Any, **_: Any) -> bytes:
     return orjson.dumps(event, default=str)
+
+
+def _orjson_text(event: Any, **_: Any) -> str:
+    """The same JSON for the logging module's path, whose formatter must return text."""
+    return orjson.dumps(event, default=str).decode()
 
 
 class _BinaryStream(Protocol):
@@ -83,16 +107,26 @@ class _WriterFactory:
 
 
 def configure_logging(
-    level: str = "info", fmt: LogFormat = "auto", stream: TextIO | None = None
+    level: str = "info",
+    fmt: LogFormat = "auto",
+    stream: TextIO | None = None,
+    *,
+    cache_loggers: bool = True,
 ) -> None:
+    """Route every log line, structlog's and the logging module's, to ``stream``.
+
+    ``cache_loggers``: each logger keeps the pipeline it first used (~1 µs a line saved), so
+    a later call does not reach it; tests that configure again and again pass False.
+    """
     stream = stream or sys.stderr
     console = fmt == "console" or (fmt == "auto" and stream.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
         redact_processor,  # after exceptions are formatted, so tracebacks are redacted too
+        # Added after redaction: the gateway's own values, no card data to look for.
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: Any
     if console:
@@ -105,14 +139,14 @@ def configure_logging(
         processors=[*shared, renderer],
         logger_factory=_WriterFactory(writer),
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level.upper()]),
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache_loggers,
     )
     handler = _WriterHandler(writer)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                renderer if console else structlog.processors.JSONRenderer(),
+                renderer if console else structlog.processors.JSONRenderer(_orjson_text),
             ],
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
         )

@@ -1,4 +1,4 @@
-"""Where the core's news goes: logs now, metrics and MQTT alongside (issue: operations).
+"""Where the core's news goes: logs, metrics and MQTT.
 
 A sink is called on the transaction path, so every implementation must return at once:
 no I/O waits, bounded queues, counted drops.
@@ -6,25 +6,58 @@ no I/O waits, bounded queues, counted drops.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import structlog
 
-from gateway.wire.masking import redact_text
+from gateway.core import notices
 
 log = structlog.get_logger("gateway.events")
+
+# Published by the service itself (the core does not see sockets).
+ACQUIRER_LINK_UP = "acquirer_link_up"
+ACQUIRER_LINK_DOWN = "acquirer_link_down"
 
 
 class EventSink(Protocol):
     def notify(self, kind: str, data: Mapping[str, Any]) -> None: ...
 
 
+# What an operator must look at; every other notice is logged at info.
+_WARNING_KINDS = frozenset(
+    {
+        notices.LATE_RESPONSE,
+        notices.UNMATCHED_RESPONSE,
+        notices.UNDELIVERABLE_RESPONSE,
+        notices.REQUEST_REJECTED,
+        ACQUIRER_LINK_DOWN,
+    }
+)
+_ERROR_KINDS = frozenset({notices.REVERSAL_FAILED})
+
+
 class LogSink:
-    """One structured log line per event. Values are redacted as a last line of defence."""
+    """One structured line per notice, named after its kind.
+
+    That gives one canonical line per transaction (``transaction_completed``: MTI, masked
+    PAN, terminal id, STAN, RRN, outcome, response code, the latencies the service adds,
+    reversal id if one is owed) and one per reversal attempt (``reversal_sent`` with its
+    attempt number, then ``reversal_acknowledged`` or ``reversal_failed``). Masking is the
+    logging pipeline's job (``redact_processor``), so nothing is copied or scanned here.
+    """
 
     def notify(self, kind: str, data: Mapping[str, Any]) -> None:
-        log.info(kind, **{key: _safe(value) for key, value in data.items()})
+        _method(kind)(kind, **data)
+
+
+def _method(kind: str) -> Callable[..., Any]:
+    # Looked up per call, not cached: configure_logging may replace the logger's pipeline.
+    if kind in _ERROR_KINDS:
+        return log.error  # type: ignore[no-any-return]
+    if kind in _WARNING_KINDS:
+        return log.warning  # type: ignore[no-any-return]
+    return log.info  # type: ignore[no-any-return]
 
 
 class FanOut:
@@ -39,8 +72,4 @@ class FanOut:
             try:
                 sink.notify(kind, data)
             except Exception:  # a broken sink must not break the transaction path
-                log.exception("event_sink_failed", sink=type(sink).__name__, event=kind)
-
-
-def _safe(value: Any) -> Any:
-    return redact_text(value) if isinstance(value, str) else value
+                log.exception("event_sink_failed", sink=type(sink).__name__, kind=kind)

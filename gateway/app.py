@@ -17,7 +17,10 @@ except ImportError:  # uvloop is optional (not on Windows): plain asyncio works,
 from gateway.config import GatewayConfig
 from gateway.journal.sqlite import SqliteJournal
 from gateway.ops.logging import configure_logging
+from gateway.ops.metrics import MetricsEndpoint
+from gateway.ops.mqtt import MqttPublisher
 from gateway.ops.sink import EventSink, FanOut, LogSink
+from gateway.replay.recorder import CaptureRecorder
 from gateway.service import GatewayService
 from gateway.wire.dialect import get_dialect
 
@@ -42,7 +45,33 @@ def build_components(
 ) -> list[Component]:
     """The optional parts the configuration asks for; each may add itself to ``sinks``."""
     components: list[Component] = []
+    if config.capture.enabled:
+        directory = config.capture.directory or config.gateway.data_dir / "captures"
+        recorder = CaptureRecorder(config.capture, directory, service.dialect)
+        service.tap = recorder
+        components.append(recorder)
+    if config.metrics.listen:
+        metrics = MetricsEndpoint(
+            config.metrics.listen, service, mqtt=lambda: _mqtt_publisher(components)
+        )
+        sinks.append(metrics.sink)
+        if isinstance(service.journal, SqliteJournal):
+            service.journal.on_stats = metrics.sink.on_commit_stats
+        components.append(metrics)
+    if config.mqtt.url:
+        publisher = MqttPublisher(config.mqtt)
+        sinks.append(publisher)
+        components.append(publisher)
     return components
+
+
+def _mqtt_publisher(components: list[Component]) -> Component | None:
+    """The MQTT publisher among the components (it has ``connected`` and ``dropped``), looked
+    up at scrape time so the order the components are built in does not matter."""
+    for component in components:
+        if hasattr(component, "connected") and hasattr(component, "dropped"):
+            return component
+    return None
 
 
 async def serve(config: GatewayConfig) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -21,6 +22,8 @@ from gateway.app import run
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.core.records import OPEN_REVERSAL_STATES, ReversalRecord, ReversalState
 from gateway.journal.sqlite import SqliteJournal
+from gateway.ops import status as gateway_status
+from gateway.replay.commands import capture, replay
 from gateway.sim.commands import sim
 from gateway.wire.codec import Codec, CodecError
 from gateway.wire.dialect import DialectError, find_dialects, get_dialect
@@ -368,7 +371,71 @@ def saf_retry(
         raise Failure(f"not failed or not found: {', '.join(map(str, missing))}")
 
 
+# status ------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--metrics", "metrics_at", help="The gateway's metrics: HOST:PORT or a URL.")
+@_with_journal_options
+@click.option(
+    "--sample",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Seconds between two scrapes, for rates (0: one scrape, no rates).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(
+    metrics_at: str | None,
+    config_path: Path | None,
+    journal: Path | None,
+    sample: float,
+    as_json: bool,
+) -> None:
+    """One-screen summary: links, in flight, owed and failed reversals (no card data).
+
+    Reads the running gateway's metrics (--metrics, or metrics.listen of --config); when the
+    gateway does not answer (or with --journal), reads the journal instead.
+    """
+    summary: dict[str, Any] | None = None
+    if metrics_at is not None and journal is not None:
+        raise click.UsageError("give --metrics or --journal, not both")
+    if metrics_at is None and journal is None and config_path is not None:
+        listen = _config_from_flags(config_path, {}).metrics.listen
+        if listen:
+            try:
+                summary = _status_from_metrics(gateway_status.metrics_url(listen), sample)
+            except gateway_status.StatusError as error:
+                click.echo(f"note: {error}; reading the journal", err=True)
+    elif metrics_at is not None:
+        try:
+            summary = _status_from_metrics(gateway_status.metrics_url(metrics_at), sample)
+        except gateway_status.StatusError as error:
+            raise Failure(str(error)) from None
+    if summary is None:
+        store = _journal_for(config_path, journal)
+        authorizations, reversals = asyncio.run(store.load_open())
+        summary = gateway_status.status_from_journal(authorizations, reversals, time.time())
+        summary["path"] = str(store.path)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(gateway_status.render(summary))
+
+
+def _status_from_metrics(url: str, sample: float) -> dict[str, Any]:
+    earlier = None
+    if sample > 0:
+        earlier = gateway_status.fetch_metrics(url)
+        time.sleep(sample)
+    summary = gateway_status.status_from_metrics(gateway_status.fetch_metrics(url), earlier, sample)
+    summary["url"] = url
+    return summary
+
+
 cli.add_command(sim)
+cli.add_command(capture)
+cli.add_command(replay)
 
 
 def main() -> None:

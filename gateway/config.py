@@ -13,8 +13,16 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
 
 from gateway.core.settings import CoreSettings
 
@@ -107,11 +115,66 @@ class MetricsSection(_Section):
 
 
 class MqttSection(_Section):
-    url: str = ""  # mqtt://host:port or mqtts://user:pass@host:port; empty = off
-    topic_prefix: str = "iso-gateway"
-    gateway_id: str = "gw1"
+    # mqtt://host:port or mqtts://user:pass@host:port; empty = off. Not in repr: credentials.
+    url: str = Field("", repr=False)
+    topic_prefix: str = Field("iso-gateway", min_length=1)
+    gateway_id: str = Field("gw1", min_length=1)
     publish_transactions: bool = False
-    queue_size: int = Field(10_000, gt=0)
+    queue_size: int = Field(10_000, gt=0)  # events waiting for the broker; newer ones dropped
+    client_id: str = ""  # empty: iso-gateway-<gateway_id>
+    username: str = ""  # empty: the URL's
+    password: SecretStr = SecretStr("")  # empty: the URL's
+    tls_ca: Path | None = None  # CA file for mqtts://; default: the system's trust store
+    tls_cert: Path | None = None  # client certificate, for brokers that ask for one
+    tls_key: Path | None = None
+    reversal_qos: int = Field(1, ge=0, le=2)
+    event_qos: int = Field(0, ge=0, le=2)
+    keepalive: int = Field(30, gt=0)
+    reconnect_min: float = Field(0.5, gt=0)
+    reconnect_max: float = Field(30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if value:
+            # The message never repeats the URL: it may hold a password.
+            parts = urlsplit(value)
+            if parts.scheme not in ("mqtt", "mqtts"):
+                raise ValueError(f"must start with mqtt:// or mqtts://, not {parts.scheme!r}")
+            try:
+                parts.port  # noqa: B018 -- raises on a port that is not a number
+            except ValueError:
+                raise ValueError("the port is not a number from 0 to 65535") from None
+            if not parts.hostname:
+                raise ValueError("names no host (mqtt://HOST[:PORT])")
+        return value
+
+    @field_validator("topic_prefix", "gateway_id")
+    @classmethod
+    def _check_topic_part(cls, value: str) -> str:
+        if "+" in value or "#" in value:
+            raise ValueError("MQTT wildcards (+, #) cannot be part of a topic")
+        return value
+
+    @field_validator("gateway_id")
+    @classmethod
+    def _check_gateway_id(cls, value: str) -> str:
+        if "/" in value:
+            raise ValueError("must be one topic level (no /)")
+        return value
+
+
+class CaptureSection(_Section):
+    """The gateway records its own traffic as pcapng (gateway/replay/recorder.py): PANs
+    tokenized, track/PIN/ICC data zeroed, so the files can be shared and replayed."""
+
+    enabled: bool = False
+    directory: Path | None = None  # default: <data_dir>/captures
+    sides: Literal["both", "terminal", "acquirer"] = "both"
+    rotate_mb: float = Field(100.0, gt=0)  # start a new file past this size
+    rotate_seconds: float = Field(3600.0, ge=0)  # ...or this age; 0 = size only
+    keep_files: int = Field(48, ge=0)  # delete the oldest files beyond this; 0 = keep all
+    queue_size: int = Field(10_000, gt=0)  # frames waiting for the writer; more are dropped
 
 
 class LoggingSection(_Section):
@@ -127,6 +190,7 @@ class GatewayConfig(_Section):
     journal: JournalSection = Field(default_factory=JournalSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
+    capture: CaptureSection = Field(default_factory=CaptureSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
 
     @property

@@ -181,10 +181,11 @@ class AcquirerLink:
             await self._keep_alive(protocol)
         finally:
             await protocol.closed
-            self._protocol = None
             if self._up:
-                self._up = False
+                self._up = False  # send() refuses from here on
+                # The listener still sees the connection (its addresses, for the tap).
                 self._listener.on_link_down(self)
+            self._protocol = None
             for future in self._own_stans.values():
                 future.cancel()
             self._own_stans.clear()

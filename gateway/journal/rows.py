@@ -11,6 +11,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from gateway.core.records import (
     AuthorizationRecord,
     AuthState,
@@ -37,7 +39,8 @@ _EMPTY = "{}"
 
 
 def _mapping_text(mapping: Mapping[str, str]) -> str:
-    return json.dumps(dict(mapping), separators=(",", ":")) if mapping else _EMPTY
+    # orjson: this runs for every journaled request on the event loop; ~5x cheaper than json.
+    return orjson.dumps(dict(mapping)).decode() if mapping else _EMPTY
 
 
 def _mapping(text: str | None) -> dict[str, str]:

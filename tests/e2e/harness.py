@@ -100,7 +100,7 @@ class Stack:
         return self.simulator.counters.requests.get(mti, 0)
 
     async def settle(
-        self, condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition"
+        self, condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition"
     ) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
@@ -108,10 +108,10 @@ class Stack:
                 raise AssertionError(f"timed out after {timeout} s waiting for {what}")
             await asyncio.sleep(0.02)
 
-    async def links_up(self, timeout: float = 5.0) -> None:
+    async def links_up(self, timeout: float = 15.0) -> None:
         await self.settle(lambda: self.service.status()["links_up"] > 0, timeout, "a link up")
 
-    async def no_reversals_open(self, timeout: float = 5.0) -> None:
+    async def no_reversals_open(self, timeout: float = 15.0) -> None:
         await self.settle(
             lambda: (
                 self.service.status().get("reversals_owed", 0) == 0
@@ -121,7 +121,7 @@ class Stack:
             "every reversal to settle",
         )
 
-    async def acknowledged(self, count: int = 1, timeout: float = 5.0) -> None:
+    async def acknowledged(self, count: int = 1, timeout: float = 15.0) -> None:
         """Wait until the gateway has seen `count` reversals acknowledged."""
         await self.settle(
             lambda: events(self).kinds().count("reversal_acknowledged") >= count,

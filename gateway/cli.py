@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from gateway.app import run
+from gateway.cliutil import Failure
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.core.records import OPEN_REVERSAL_STATES, ReversalRecord, ReversalState
 from gateway.journal.sqlite import SqliteJournal
@@ -29,13 +30,6 @@ from gateway.wire.codec import Codec, CodecError
 from gateway.wire.dialect import DialectError, find_dialects, get_dialect
 from gateway.wire.framing import LENGTH_HEADERS, FramingError, read_frame
 from gateway.wire.masking import mask_pan
-
-
-class Failure(click.ClickException):
-    """Printed as 'error: ...' with exit code 1."""
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
 
 
 @click.group()

@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from gateway.cliutil import Failure, hostport_option
 from gateway.replay.capture import Capture, Roles, read_capture
 from gateway.replay.host import ReplayHost
 from gateway.replay.pcapfile import CaptureFileError
@@ -34,25 +35,10 @@ EXIT_DIFFERENCES = 1
 EXIT_TROUBLE = 2
 
 
-class Trouble(click.ClickException):
-    """Printed as 'error: ...' with exit code 2 (1 is kept for "the replay differs")."""
+class Trouble(Failure):
+    """The replay could not run: exit code 2 (1 is kept for "the replay differs")."""
 
     exit_code = EXIT_TROUBLE
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-def _hostport(
-    ctx: click.Context, param: click.Parameter, value: str | None
-) -> tuple[str, int] | None:
-    del ctx
-    if value is None:
-        return None
-    host, separator, port = value.rpartition(":")
-    if not separator or not port.isdigit() or int(port) > 65535:
-        raise click.BadParameter(f"{value!r} is not HOST:PORT", param=param)
-    return (host.strip("[]") or "127.0.0.1", int(port))
 
 
 def _field_list(ctx: click.Context, param: click.Parameter, value: str) -> frozenset[str]:
@@ -141,14 +127,14 @@ def capture_show(
 @click.option(
     "--target",
     required=True,
-    callback=_hostport,
+    callback=hostport_option,
     metavar="HOST:PORT",
     help="The gateway under test: where its terminals connect.",
 )
 @click.option(
     "--acquirer-listen",
     required=True,
-    callback=_hostport,
+    callback=hostport_option,
     metavar="HOST:PORT",
     help="Where the built-in host listens (the gateway's acquirer address).",
 )

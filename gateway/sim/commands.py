@@ -21,39 +21,18 @@ from typing import Any
 
 import click
 
+from gateway.cliutil import Failure, hostport_option
 from gateway.sim.acquirer import AcquirerSimulator
 from gateway.sim.rules import FaultRates, RulesError, SimSettings, load_settings
 from gateway.sim.terminals import TerminalFleet, format_summary, stderr_progress
 from gateway.wire.dialect import Dialect, DialectError, get_dialect
 
 
-class _Failure(click.ClickException):
-    """Printed as 'error: ...' with exit code 1."""
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-def parse_address(value: str, option: str) -> tuple[str, int]:
-    """'HOST:PORT' (or '[v6]:PORT') -> (host, port)."""
-    host, separator, port = value.rpartition(":")
-    if not separator or not host or not port.isdigit() or int(port) > 65535:
-        raise click.BadParameter(f"{value!r} is not HOST:PORT", param_hint=option)
-    return host.strip("[]"), int(port)
-
-
-def _address_option(
-    ctx: click.Context, param: click.Parameter, value: str | None
-) -> tuple[str, int] | None:
-    del ctx
-    return None if value is None else parse_address(value, f"--{param.name}".replace("_", "-"))
-
-
 def _load_dialect(name: str, specs_dirs: Sequence[Path]) -> Dialect:
     try:
         return get_dialect(name, specs_dirs)
     except DialectError as error:
-        raise _Failure(str(error)) from None
+        raise Failure(str(error)) from None
 
 
 def _on_signals(stop: Callable[[], None]) -> None:
@@ -75,7 +54,7 @@ def sim() -> None:
 @click.option(
     "--listen",
     required=True,
-    callback=_address_option,
+    callback=hostport_option,
     metavar="HOST:PORT",
     help="Where the simulated acquirer listens (port 0: any free port).",
 )
@@ -95,7 +74,7 @@ def sim() -> None:
 @click.option("--seed", type=int, help="Seed for the fault draws (repeatable runs).")
 @click.option(
     "--ledger-http",
-    callback=_address_option,
+    callback=hostport_option,
     metavar="HOST:PORT",
     help="Serve the ledger as JSON on http://HOST:PORT/ledger.",
 )
@@ -157,7 +136,7 @@ def acquirer(  # click passes options by name
             settings.faults, **{key: value for key, value in overrides.items() if value is not None}
         )
     except RulesError as error:
-        raise _Failure(str(error)) from None
+        raise Failure(str(error)) from None
     code = duplicate_reversal_code or settings.duplicate_reversal_code or "00"
     if len(code) != 2 or not code.isalnum():
         raise click.BadParameter(
@@ -186,7 +165,7 @@ async def _serve_acquirer(
     try:
         await simulator.start(*listen, ledger_http=ledger_http)
     except OSError as error:
-        raise _Failure(f"cannot listen on {listen[0]}:{listen[1]}: {error.strerror}") from None
+        raise Failure(f"cannot listen on {listen[0]}:{listen[1]}: {error.strerror}") from None
     click.echo(
         f"acquirer simulator ({simulator.dialect.name}) listening on "
         f"{simulator.host}:{simulator.port}"
@@ -247,7 +226,7 @@ def format_ledger(summary: Mapping[str, int], requests: Mapping[str, int]) -> st
 @click.option(
     "--target",
     required=True,
-    callback=_address_option,
+    callback=hostport_option,
     metavar="HOST:PORT",
     help="Where to connect: the gateway (or the acquirer simulator directly).",
 )
@@ -343,7 +322,7 @@ def terminals(
         click.echo(f"{terminal_count} terminals -> {target[0]}:{target[1]} ({dialect.name})")
         click.echo(format_summary(summary))
     if summary["sent"] == 0:
-        raise _Failure(f"no request could be sent: cannot connect to {target[0]}:{target[1]}")
+        raise Failure(f"no request could be sent: cannot connect to {target[0]}:{target[1]}")
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m gateway.sim.commands ...`

@@ -276,9 +276,18 @@ class GatewayService:
     def _release_sends(self, committed_seq: int) -> None:
         """Journal commit callback (on the loop): what waited for durability may go now."""
         held = self._held_sends
-        while held and held[0][0] <= committed_seq:
-            _, link_id, frame, arrival = held.popleft()
-            self._write_to_link(link_id, frame, arrival)
+        if not held or held[0][0] > committed_seq:
+            return
+        corked = [link.connection for link in self.links.values() if link.connection is not None]
+        for connection in corked:
+            connection.cork()
+        try:
+            while held and held[0][0] <= committed_seq:
+                _, link_id, frame, arrival = held.popleft()
+                self._write_to_link(link_id, frame, arrival)
+        finally:
+            for connection in corked:
+                connection.uncork()
 
     def _write_to_link(self, link_id: int, frame: Frame, arrival: _Arrival | None = None) -> None:
         link = self.links.get(link_id)

@@ -30,6 +30,7 @@ class FramedProtocol(asyncio.Protocol):
         self.local_address: Address = ("?", 0)
         self.peer_address: Address = ("?", 0)
         self.closed = asyncio.get_running_loop().create_future()
+        self._corked: list[bytes] | None = None
 
     # asyncio.Protocol ---------------------------------------------------------------------
 
@@ -81,8 +82,24 @@ class FramedProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return False
-        transport.write(encode_frame(self.framing, frame))
+        data = encode_frame(self.framing, frame)
+        if self._corked is not None:
+            self._corked.append(data)
+        else:
+            transport.write(data)
         return True
+
+    def cork(self) -> None:
+        """Collect the frames written from now on and send them in one write at uncork():
+        one system call for a batch the journal released at once."""
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        chunks, self._corked = self._corked, None
+        transport = self.transport
+        if chunks and transport is not None and not transport.is_closing():
+            transport.write(b"".join(chunks))
 
     def close(self) -> None:
         if self.transport is not None:

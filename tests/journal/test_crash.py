@@ -45,7 +45,8 @@ CHILD = textwrap.dedent(
             journal.put(make_auth(i % 200 + 1, AuthState.APPROVED))
             i += 1
             if i % 50 == 0:
-                await asyncio.sleep(0)
+                # A producer that leaves the writer thread room, as the event loop does.
+                await asyncio.sleep(0.001)
 
     asyncio.run(main())
     """

@@ -113,6 +113,9 @@ async def replay_through_gateway(
     await host.start("127.0.0.1", 0)
     settings = {
         **FAST,
+        # Long enough that a loaded machine does not turn a clean capture into timeouts,
+        # short enough that missing responses still time out within the replay's settle.
+        "acquirer.timeout": 1.5,
         "gateway.listen": "127.0.0.1:0",
         "gateway.dialect": name,
         "acquirer.addresses": [f"127.0.0.1:{host.port}"],

@@ -40,6 +40,9 @@ async def replay_cli(
     host_port = free_port()
     settings = {
         **FAST,
+        # Long enough that a loaded machine does not turn a clean capture into timeouts,
+        # short enough that missing responses still time out within the replay's settle.
+        "acquirer.timeout": 1.5,
         "gateway.listen": "127.0.0.1:0",
         "gateway.dialect": "cup-pos",
         "acquirer.addresses": [f"127.0.0.1:{host_port}"],

@@ -16,8 +16,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.sim.acquirer import AcquirerSimulator
 from gateway.sim.invariant import check
@@ -146,8 +149,11 @@ async def run_demo() -> int:
         results = await fleet.run()
         _say("\nterminals done; waiting for the gateway to settle its reversals ...")
         deadline = time.monotonic() + SETTLE_SECONDS
+        gateway_view: dict[str, float] = {}
         while time.monotonic() < deadline:
-            if check(simulator.ledger, results.records).ok:
+            gateway_view = await asyncio.to_thread(_scrape_reversals, metrics_port)
+            settled = gateway_view["owed"] <= gateway_view["acknowledged"] + gateway_view["failed"]
+            if settled and check(simulator.ledger, results.records).ok:
                 break
             await asyncio.sleep(0.5)
         violations = check(simulator.ledger, results.records)
@@ -159,11 +165,42 @@ async def run_demo() -> int:
             gateway.kill()
         log_file.close()
         await simulator.stop()
-    _report(results.summary(), simulator.snapshot(entries=False), violations.ok, violations)
+    _report(
+        results.summary(),
+        simulator.snapshot(entries=False),
+        gateway_view,
+        violations.ok,
+        violations,
+    )
     return 0 if violations.ok else 1
 
 
-def _report(told: dict[str, Any], host: dict[str, Any], ok: bool, violations: Any) -> None:
+def _scrape_reversals(port: int) -> dict[str, float]:
+    """The gateway's own count of reversals, from its /metrics endpoint."""
+    totals: dict[str, float] = {"owed": 0, "acknowledged": 0, "failed": 0, "attempts": 0}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return totals
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "iso_gateway_reversals_total":
+                result = sample.labels.get("result", "")
+                if result in totals:
+                    totals[result] += sample.value
+            elif sample.name == "iso_gateway_reversal_attempts_total":
+                totals["attempts"] += sample.value
+    return totals
+
+
+def _report(
+    told: dict[str, Any],
+    host: dict[str, Any],
+    gateway: dict[str, float],
+    ok: bool,
+    violations: Any,
+) -> None:
     ledger = host["summary"]
     requests = host["counters"]["requests"]
     reversals = sum(n for mti, n in requests.items() if mti.startswith("04"))
@@ -175,6 +212,11 @@ def _report(told: dict[str, Any], host: dict[str, Any], ok: bool, violations: An
     _say(f"  approvals delivered          {told['approved']}")
     _say(f"  declined                     {told['declined']}  {told['declined_by_code']}")
     _say(f"  no answer                    {told['no_answer']}")
+    _say("what the gateway did")
+    _say(f"  reversals owed               {gateway['owed']:.0f}")
+    _say(f"  reversal messages sent       {gateway['attempts']:.0f}  (first attempts and repeats)")
+    _say(f"  reversals acknowledged       {gateway['acknowledged']:.0f}")
+    _say(f"  reversals failed             {gateway['failed']:.0f}")
     _say("what the acquirer did")
     _say(f"  approved (funds held)        {ledger['approved']}")
     _say(
@@ -195,7 +237,7 @@ def _report(told: dict[str, Any], host: dict[str, Any], ok: bool, violations: An
         )
     else:
         _say("NOT OK:\n" + violations.describe())
-    summary = {"terminals": told, "acquirer": host, "ok": ok}
+    summary = {"terminals": told, "gateway_reversals": gateway, "acquirer": host, "ok": ok}
     (OUT / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
 

@@ -36,7 +36,11 @@ class Component(Protocol):
 
 def build_service(config: GatewayConfig, sinks: list[EventSink] | None = None) -> GatewayService:
     dialect = get_dialect(config.gateway.dialect, config.gateway.specs_dirs)
-    journal = SqliteJournal(config.journal_path, durability=config.journal.durability)
+    journal = SqliteJournal(
+        config.journal_path,
+        durability=config.journal.durability,
+        commit_delay=config.journal.commit_delay,
+    )
     return GatewayService(config, dialect, journal, FanOut(sinks or [LogSink()]))
 
 

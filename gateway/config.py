@@ -100,6 +100,9 @@ class JournalSection(_Section):
     backend: Literal["sqlite"] = "sqlite"
     path: Path | None = None  # default: <data_dir>/journal.sqlite3
     durability: Literal["process", "power"] = "process"
+    # Seconds a snapshot nobody waits for may wait to share a commit (a request's own record
+    # is committed at once, before the request is sent).
+    commit_delay: float = Field(0.01, ge=0, le=1)
     retention_days: float = Field(7.0, gt=0)
 
 

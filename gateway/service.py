@@ -270,6 +270,7 @@ class GatewayService:
     ) -> None:
         if self._held_sends or self.journal.committed_seq < self._last_persist_seq:
             self._held_sends.append((self._last_persist_seq, link_id, frame, arrival))
+            self.journal.request_commit()
         else:
             self._write_to_link(link_id, frame, arrival)
 

@@ -166,6 +166,11 @@ class Journal(Protocol):
         """Queue a small key-value setting (such as the last STAN used) like a snapshot."""
         ...
 
+    def request_commit(self) -> None:
+        """Commit what was put so far without waiting for more to join the batch (a send is
+        held behind it). Never blocks."""
+        ...
+
     def on_commit(self, listener: CommitListener) -> Callable[[], None]:
         """Call ``listener(seq)`` on the event loop after each commit; returns an unsubscribe."""
         ...

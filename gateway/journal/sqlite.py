@@ -156,6 +156,7 @@ class SqliteJournal:
         *,
         durability: Durability = "process",
         busy_timeout: float = 5.0,
+        commit_delay: float = 0.01,
         on_stats: StatsListener | None = None,
         on_error: ErrorListener | None = None,
     ) -> None:
@@ -164,6 +165,12 @@ class SqliteJournal:
         self.path = Path(path)
         self.durability: Durability = durability
         self.busy_timeout = busy_timeout
+        # Snapshots nobody waits for (an answer recorded, a delivery) may wait this long to
+        # share a commit; request_commit() and flush() commit at once. Fewer commits per
+        # transaction; after a crash such a snapshot can be this much older.
+        self.commit_delay = commit_delay
+        self._urgent = False
+        self._writer_idle = False
         self.on_stats = on_stats
         self.on_error = on_error
 
@@ -293,11 +300,19 @@ class SqliteJournal:
             return self._queued()
 
     def _queued(self) -> int:
-        """Count a put and wake the writer. Called with _lock held."""
+        """Count a put and wake an idle writer. Called with _lock held."""
         self._seq += 1
         self._pending_puts += 1
-        self._wake.notify()
+        if self._writer_idle:
+            self._wake.notify()
         return self._seq
+
+    def request_commit(self) -> None:
+        """Something waits for what was put so far (a send held behind it): commit now."""
+        with self._lock:
+            if not self._urgent:
+                self._urgent = True
+                self._wake.notify()
 
     def on_commit(self, listener: CommitListener) -> Callable[[], None]:
         self._listeners.append(listener)
@@ -318,6 +333,7 @@ class SqliteJournal:
             raise JournalClosedError(f"journal {self.path} is {self._state}: cannot flush")
         waiter = self._loop.create_future()
         self._waiters.append((target, waiter))
+        self.request_commit()
         await waiter
 
     # -- the writer thread -------------------------------------------------------------------
@@ -341,9 +357,20 @@ class SqliteJournal:
         while True:
             with self._wake:
                 while not self._pending_puts and not self._closing:
+                    self._writer_idle = True
                     self._wake.wait()
+                self._writer_idle = False
                 if not self._pending_puts:
                     return  # closing, and everything is written
+                if self.commit_delay > 0 and not failures:
+                    # Group commit: let more snapshots join until someone waits for them.
+                    deadline = time.monotonic() + self.commit_delay
+                    while not self._urgent and not self._closing:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        self._wake.wait(remaining)
+                self._urgent = False
                 auths, reversals, meta = self._auths, self._reversals, self._meta
                 puts, seq = self._pending_puts, self._seq
                 self._auths, self._reversals, self._meta = {}, {}, {}

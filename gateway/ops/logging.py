@@ -12,6 +12,8 @@ Two paths share those processors and one output stream:
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import contextvars
 import logging
 import sys
@@ -83,17 +85,45 @@ class _BinaryStream(Protocol):
 
 
 class _LineWriter:
-    """Writes whole lines to a binary stream under a lock (two paths share the stream)."""
+    """Writes whole lines to a binary stream under a lock (two paths share the stream).
+
+    On an event loop thread, lines are gathered and written once per loop iteration: one
+    system call for all the lines a burst of transactions produced, instead of one per line.
+    Elsewhere (other threads, no loop) each line is written at once.
+    """
 
     def __init__(self, stream: _BinaryStream) -> None:
         self._stream = stream
         self._lock = threading.Lock()
+        self._pending: list[bytes] = []
+        self._flush_scheduled = False
 
     def msg(self, message: bytes | str) -> None:
         data = message if isinstance(message, bytes) else message.encode()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
         with self._lock:
-            self._stream.write(data + b"\n")
-            self._stream.flush()
+            if loop is None or loop.is_closed():
+                self._write(data + b"\n")
+                return
+            self._pending.append(data)
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_scheduled = False
+            lines, self._pending = self._pending, []
+            if lines:
+                self._write(b"\n".join(lines) + b"\n")
+
+    def _write(self, data: bytes) -> None:
+        self._stream.write(data)
+        self._stream.flush()
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
@@ -135,6 +165,7 @@ def configure_logging(
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
     binary: _BinaryStream | None = getattr(stream, "buffer", None)
     writer = _LineWriter(binary if binary is not None else _TextAsBinary(stream))
+    atexit.register(writer.flush)  # lines of the last loop iteration, at exit
     structlog.configure(
         processors=[*shared, renderer],
         logger_factory=_WriterFactory(writer),

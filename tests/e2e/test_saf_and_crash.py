@@ -36,6 +36,7 @@ async def test_failed_reversal_then_saf_retry(make_stack: StackFactory) -> None:
         lambda: "reversal_failed" in events(stack).kinds(), timeout=8, what="the reversal to fail"
     )
     assert stack.requests_seen("0400") + stack.requests_seen("0401") == 3
+    await stack.service.journal.flush()  # the CLI reads what is committed (within ~10 ms)
     journal = ["--journal", str(stack.journal_path)]
 
     async def saf(*args: str) -> Result:
@@ -53,6 +54,7 @@ async def test_failed_reversal_then_saf_retry(make_stack: StackFactory) -> None:
     assert retried.exit_code == 0, retried.output
     await stack.acknowledged(timeout=8)
     assert stack.holds()[0].released and stack.holds()[0].duplicate_reversals == 0
+    await stack.service.journal.flush()
     after = await saf("list")
     assert "no reversals owed" in after.output
 

@@ -320,9 +320,11 @@ def saf_list(config_path: Path | None, journal: Path | None, show_all: bool, as_
         "LAST RC",
         "CREATED (UTC)",
     )
-    click.echo("  ".join(f"{h:<10}" for h in header).rstrip())
-    for row in rows:
-        click.echo("  ".join(f"{row[k]!s:<10}" for k in row).rstrip())
+    table = [header, *(tuple(str(value) for value in row.values()) for row in rows)]
+    widths = [max(len(line[column]) for line in table) for column in range(len(header))]
+    for line in table:
+        cells = (cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        click.echo("  ".join(cells).rstrip())
 
 
 def _reversal_row(record: ReversalRecord) -> dict[str, Any]:

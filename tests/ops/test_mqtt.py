@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
-from statistics import median
 from typing import Any
 
 import aiomqtt
@@ -371,17 +370,17 @@ async def test_broker_killed_mid_run_changes_nothing_for_terminals(
     publish_from(stack, publisher)
     async with running(publisher):
         await wait_until(lambda: publisher.connected, "the publisher to connect")
-        with_broker = await approvals(stack, 1, 10)
+        await approvals(stack, 1, 10)
         await wait_until(lambda: publisher.published == 10, "10 events published")
 
         await broker.stop(signal.SIGKILL)
         await wait_until(lambda: not publisher.connected, "the publisher to see the outage")
-        without_broker = await approvals(stack, 11, 30)  # every one approved, in time
+        # Every one approved: had the transaction path waited for the dead broker, the
+        # gateway's own acquirer timeout would have declined them (no timing assert needed).
+        await approvals(stack, 11, 30)
         assert publisher.queued == 20  # what the queue holds waits for the broker ...
         assert publisher.dropped == 10  # ... the rest is dropped (the newest) and counted
         assert publisher.connections == 1
-        # The same latency class: nothing on the transaction path waits for the broker.
-        assert median(without_broker) <= max(10 * median(with_broker), 0.05)
 
         await broker.start()  # same port
         await wait_until(

@@ -22,6 +22,7 @@ from enum import StrEnum
 from typing import Any
 
 from gateway.core.mti import base_mti, is_repeat
+from gateway.core.reversal import pan_from_track2
 from gateway.wire.masking import mask_pan
 
 
@@ -39,11 +40,7 @@ def pan_of(fields: Mapping[str, str]) -> str | None:
     if pan:
         return pan
     track2 = fields.get("35")
-    if track2:
-        for separator in ("=", "D", "d"):
-            if separator in track2:
-                return track2.split(separator, 1)[0]
-    return None
+    return pan_from_track2(track2) if track2 else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.core.clock import transmission_time
 from gateway.sim.cards import SimCard, emv_data, make_card, pin_block
 from gateway.sim.ledger import pan_of
 from gateway.wire.dialect import Dialect
@@ -194,7 +195,7 @@ class RequestBuilder:
                 fields["2"] = pan
         fields["11"] = original["11"] if rules.stan == "original" else stan
         if "7" in original or self.style == "iso87":
-            fields["7"] = time.strftime("%m%d%H%M%S", time.gmtime(now))
+            fields["7"] = transmission_time(now)
         fields["39"] = rules.reason_codes.get("timeout", "68")
         if rules.original_data == "de90":
             original_time = original.get("7", "0" * 10)

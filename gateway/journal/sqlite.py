@@ -1,21 +1,30 @@
-"""The SQLite journal: one file in WAL mode, group commit on one writer thread.
+"""The SQLite journal: one file in WAL mode, group commit once per batch of puts.
 
-Threads and connections:
+Where commits run depends on the durability setting:
 
-- ``put`` runs on the event loop. It turns the snapshot into a row and drops it into the
-  pending batch (a dict keyed by id, so a later snapshot of the same id replaces an earlier
-  one) under a lock held for a few dictionary operations. It never touches the database.
-- One writer thread owns the writing connection. It takes everything pending, upserts it in one
-  transaction and commits, then reports the committed sequence number to the event loop with
-  ``call_soon_threadsafe``. While a commit runs, new puts pile up into the next batch, so the
-  batch size follows the load without any timer.
-- Reads and operator writes (recovery, ``saf list``/``saf retry``, pruning) use a second
-  connection in a worker thread (``asyncio.to_thread``); several processes may open the same
-  file (the gateway and the CLI). Every write transaction is ``BEGIN IMMEDIATE`` so that lock
-  waits go through the busy timeout instead of failing.
+- ``process`` (default): on the event loop itself, once per loop iteration that put something
+  a send waits for (and at most ``commit_delay`` after a put nobody waits for). A commit in
+  WAL mode with ``synchronous=NORMAL`` is a write to the OS page cache, tens of microseconds:
+  cheaper than waking a thread and waking the loop back, and no thread competes with the loop
+  for the GIL. The loop never waits on a lock: the connection has no busy timeout, and a
+  commit that finds another writer (``saf retry``, pruning) is retried a moment later. WAL
+  checkpoints run in a worker thread, not inside a commit on the loop.
+- ``power``: ``synchronous=FULL`` fsyncs every commit (milliseconds), so commits run on one
+  writer thread. ``put`` drops the row into the pending batch under a lock; the writer takes
+  everything pending, upserts it in one transaction, commits, and reports the committed
+  sequence number with ``call_soon_threadsafe``. While a commit runs, new puts pile up into
+  the next batch, so the batch size follows the load without any timer.
+
+Either way ``put`` never touches the database, a later snapshot of an id replaces an earlier
+one still pending (a dict keyed by id), and sends wait for ``committed_seq``, never block.
+
+Reads and operator writes (recovery, ``saf list``/``saf retry``, pruning) use a second
+connection in a worker thread (``asyncio.to_thread``); several processes may open the same
+file (the gateway and the CLI). Every write transaction is ``BEGIN IMMEDIATE`` so that lock
+waits go through the busy timeout instead of failing.
 
 Durability: WAL with ``synchronous=NORMAL`` survives a crash of the process (``process``);
-``synchronous=FULL`` fsyncs every commit and also survives a power loss (``power``).
+``synchronous=FULL`` also survives a power loss (``power``).
 """
 
 from __future__ import annotations
@@ -139,6 +148,10 @@ _SELECT_REVERSAL = f"SELECT {', '.join(REVERSAL_COLUMNS)} FROM reversals"
 # row the writer gives up and close() raises.
 _RETRY_PAUSES = (0.01, 0.05, 0.2, 1.0)
 _TRIES_AT_CLOSE = 3
+# Loop-side commits: after this many rows written, a worker thread checkpoints. A row upsert
+# adds a few pages to the WAL (table leaf, index leaves), so this keeps the WAL near the size
+# at which SQLite's own automatic checkpoint would run, inside a commit, on the loop.
+_CHECKPOINT_ROWS = 500
 
 _T = TypeVar("_T")
 
@@ -171,6 +184,15 @@ class SqliteJournal:
         self.commit_delay = commit_delay
         self._urgent = False
         self._writer_idle = False
+        # Loop-side commits (durability "process"): the connection and the scheduled commit.
+        self._on_loop = durability == "process"
+        self._loop_conn: sqlite3.Connection | None = None
+        self._commit_soon: asyncio.Handle | None = None  # this loop iteration (or a retry)
+        self._commit_later: asyncio.TimerHandle | None = None  # commit_delay after a put
+        self._loop_failures = 0
+        self._rows_since_checkpoint = 0
+        self._checkpointing = False
+        self._checkpoints: set[asyncio.Task[None]] = set()
         self.on_stats = on_stats
         self.on_error = on_error
 
@@ -231,6 +253,10 @@ class SqliteJournal:
             raise JournalClosedError(f"journal {self.path} was already started")
         loop = asyncio.get_running_loop()
         self._loop = loop
+        if self._on_loop:
+            self._loop_conn = await asyncio.to_thread(self._connect, loop_side=True)
+            self._state = "running"
+            return
         opened: asyncio.Future[None] = loop.create_future()
         self._writer_done = loop.create_future()
         self._thread = threading.Thread(
@@ -250,7 +276,9 @@ class SqliteJournal:
         started = self._state == "running"
         self._state = "closing"
         try:
-            if started:
+            if started and self._on_loop:
+                await self._close_loop_side()
+            elif started:
                 with self._lock:
                     self._closing = True
                     self._wake.notify()
@@ -300,15 +328,23 @@ class SqliteJournal:
             return self._queued()
 
     def _queued(self) -> int:
-        """Count a put and wake an idle writer. Called with _lock held."""
+        """Count a put and wake an idle writer (or plan a loop-side commit). Called with _lock
+        held."""
         self._seq += 1
         self._pending_puts += 1
-        if self._writer_idle:
+        if self._on_loop:
+            if self._commit_soon is None and self._commit_later is None:
+                self._schedule_commit(self.commit_delay)
+        elif self._writer_idle:
             self._wake.notify()
         return self._seq
 
     def request_commit(self) -> None:
         """Something waits for what was put so far (a send held behind it): commit now."""
+        if self._on_loop:
+            if self._commit_soon is None and self._pending_puts and self._state != "closed":
+                self._schedule_commit(0.0)
+            return
         with self._lock:
             if not self._urgent:
                 self._urgent = True
@@ -335,6 +371,115 @@ class SqliteJournal:
         self._waiters.append((target, waiter))
         self.request_commit()
         await waiter
+
+    # -- loop-side commits (durability "process") ---------------------------------------------
+
+    def _schedule_commit(self, delay: float) -> None:
+        assert self._loop is not None
+        if delay <= 0:
+            if self._commit_later is not None:
+                self._commit_later.cancel()
+                self._commit_later = None
+            self._commit_soon = self._loop.call_soon(self._commit_on_loop)
+        else:
+            self._commit_later = self._loop.call_later(delay, self._commit_on_loop)
+
+    def _commit_on_loop(self) -> None:
+        self._commit_soon = None
+        if self._commit_later is not None:
+            self._commit_later.cancel()
+            self._commit_later = None
+        if self._state != "running" or not self._pending_puts:
+            return
+        assert self._loop_conn is not None
+        with self._lock:
+            auths, reversals, meta = self._auths, self._reversals, self._meta
+            puts, seq = self._pending_puts, self._seq
+            self._auths, self._reversals, self._meta = {}, {}, {}
+            self._pending_puts = 0
+        started = time.perf_counter()
+        try:
+            _write(self._loop_conn, auths, reversals, meta)
+        except Exception as exc:
+            # Locked by another writer (no busy timeout here), or a disk error: keep the
+            # batch and try again; sends behind it keep waiting.
+            self._put_back(auths, reversals, meta, puts)
+            self._loop_failures += 1
+            self._failed(exc)
+            pause = _RETRY_PAUSES[min(self._loop_failures, len(_RETRY_PAUSES)) - 1]
+            assert self._loop is not None
+            self._commit_soon = self._loop.call_later(pause, self._commit_on_loop)
+            return
+        self._loop_failures = 0
+        latency = time.perf_counter() - started
+        records = len(auths) + len(reversals) + len(meta)
+        self._committed(CommitStats(seq, records, puts, latency))
+        self._rows_since_checkpoint += records
+        if self._rows_since_checkpoint >= _CHECKPOINT_ROWS and not self._checkpointing:
+            self._start_checkpoint()
+
+    def _start_checkpoint(self) -> None:
+        """Copy the WAL back into the database file from a worker thread (PASSIVE: it never
+        blocks the loop's commits), so the WAL file stays small."""
+        assert self._loop is not None
+        self._checkpointing = True
+        self._rows_since_checkpoint = 0
+        task = self._loop.create_task(self._checkpoint())
+        self._checkpoints.add(task)
+        task.add_done_callback(self._checkpoints.discard)
+
+    async def _checkpoint(self) -> None:
+        try:
+            await self._side_call(lambda c: c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+        except Exception as exc:  # the next one may succeed; the WAL only grows meanwhile
+            self._failed(exc)
+        finally:
+            self._checkpointing = False
+
+    async def _close_loop_side(self) -> None:
+        """Write what is pending (from a worker thread, where waiting for a lock is fine),
+        then close the loop-side connection."""
+        for handle in (self._commit_soon, self._commit_later):
+            if handle is not None:
+                handle.cancel()
+        self._commit_soon = self._commit_later = None
+        for task in list(self._checkpoints):
+            await task
+        conn = self._loop_conn
+        assert conn is not None
+        try:
+            await asyncio.to_thread(conn.execute, f"PRAGMA busy_timeout = {self._busy_ms}")
+            failures = 0
+            while self._pending_puts:
+                with self._lock:
+                    auths, reversals, meta = self._auths, self._reversals, self._meta
+                    puts, seq = self._pending_puts, self._seq
+                    self._auths, self._reversals, self._meta = {}, {}, {}
+                    self._pending_puts = 0
+                started = time.perf_counter()
+                try:
+                    await asyncio.to_thread(_write, conn, auths, reversals, meta)
+                except Exception as exc:
+                    self._put_back(auths, reversals, meta, puts)
+                    self._failed(exc)
+                    failures += 1
+                    if failures >= _TRIES_AT_CLOSE:
+                        self._give_up(
+                            JournalWriteError(
+                                f"journal {self.path}: gave up writing at close after "
+                                f"{failures} failed commits ({type(exc).__name__}: {exc})",
+                                self._pending_puts,
+                            )
+                        )
+                        return
+                    await asyncio.sleep(_RETRY_PAUSES[failures - 1])
+                    continue
+                latency = time.perf_counter() - started
+                records = len(auths) + len(reversals) + len(meta)
+                self._committed(CommitStats(seq, records, puts, latency))
+        finally:
+            self._loop_conn = None
+            await asyncio.to_thread(conn.close)
 
     # -- the writer thread -------------------------------------------------------------------
 
@@ -462,11 +607,17 @@ class SqliteJournal:
 
     # -- connections ---------------------------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
+    @property
+    def _busy_ms(self) -> int:
+        return int(self.busy_timeout * 1000)
+
+    def _connect(self, *, loop_side: bool = False) -> sqlite3.Connection:
+        """Open a connection. ``loop_side``: for commits on the event loop, which must never
+        wait for a lock or run a checkpoint (see the module docstring)."""
         _create_private_file(self.path)
         conn = sqlite3.connect(
             self.path,
-            timeout=self.busy_timeout,
+            timeout=0 if loop_side else self.busy_timeout,
             isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
             check_same_thread=False,  # the side connection moves between worker threads
         )
@@ -478,7 +629,14 @@ class SqliteJournal:
             conn.execute(f"PRAGMA synchronous={synchronous}")
             # Deleted and overwritten rows (PANs of settled reversals) are zeroed in the file.
             conn.execute("PRAGMA secure_delete=ON")
-            _ensure_schema(conn, self.path)
+            if loop_side:
+                conn.execute("PRAGMA wal_autocheckpoint=0")
+                # The schema may need creating: wait for the lock this once, off the loop.
+                conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+                _ensure_schema(conn, self.path)
+                conn.execute("PRAGMA busy_timeout = 0")
+            else:
+                _ensure_schema(conn, self.path)
         except BaseException:
             conn.close()
             raise

@@ -419,3 +419,28 @@ async def test_sensitive_fields_are_refused(journal: SqliteJournal, field: str) 
 async def test_repr_shows_no_card_data(journal: SqliteJournal) -> None:
     journal.put(make_auth(1))
     assert PAN not in repr(journal)
+
+
+async def test_commits_on_the_loop_are_checkpointed_off_it(
+    journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Loop-side commits never checkpoint inside a commit; a worker thread copies the WAL into
+    # the database file every so many rows. Until then the file keeps only the schema.
+    monkeypatch.setattr("gateway.journal.sqlite._CHECKPOINT_ROWS", 50)
+    journal = SqliteJournal(journal_path)  # durability "process": commits on the loop
+    await journal.start()
+    try:
+        size_at_start = journal_path.stat().st_size
+        for txn_id in range(1, 41):
+            journal.put(make_auth(txn_id))
+            await journal.flush()
+        assert journal_path.stat().st_size == size_at_start  # 40 rows: all still in the WAL
+        for txn_id in range(41, 121):
+            journal.put(make_auth(txn_id))
+            await journal.flush()
+        for task in list(journal._checkpoints):
+            await task
+        assert journal_path.stat().st_size > size_at_start
+    finally:
+        await journal.close()
+    assert len(raw_rows(journal_path, "SELECT txn_id FROM authorizations")) == 120

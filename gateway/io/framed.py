@@ -3,6 +3,10 @@
 Used by every TCP peer in the project: the terminal listener, the acquirer links and the
 simulators. Protocols rather than streams: one callback per chunk, no task per read, which is
 what the gateway's hot path needs.
+
+Writes are coalesced per event loop iteration: the frames written to one connection while the
+loop handles a burst (a commit releasing fifty requests, a read bringing ten answers for one
+terminal) leave in one system call at the end of the iteration, not one each.
 """
 
 from __future__ import annotations
@@ -29,8 +33,9 @@ class FramedProtocol(asyncio.Protocol):
         self.peer: str = "?"
         self.local_address: Address = ("?", 0)
         self.peer_address: Address = ("?", 0)
-        self.closed = asyncio.get_running_loop().create_future()
-        self._corked: list[bytes] | None = None
+        self._loop = asyncio.get_running_loop()
+        self.closed = self._loop.create_future()
+        self._outgoing: list[bytes] = []  # written this loop iteration, sent at its end
 
     # asyncio.Protocol ---------------------------------------------------------------------
 
@@ -78,34 +83,34 @@ class FramedProtocol(asyncio.Protocol):
         return self.transport is not None and not self.transport.is_closing()
 
     def write_frame(self, frame: Frame) -> bool:
-        """Write one frame; False when the connection is already gone (nothing was written)."""
+        """Write one frame; False when the connection is already gone (nothing was written).
+
+        The bytes go to the transport at the end of this loop iteration, with every other
+        frame written to this connection meanwhile; ``close()`` sends them first.
+        """
         transport = self.transport
         if transport is None or transport.is_closing():
             return False
-        data = encode_frame(self.framing, frame)
-        if self._corked is not None:
-            self._corked.append(data)
-        else:
-            transport.write(data)
+        if not self._outgoing:
+            self._loop.call_soon(self._send_outgoing)
+        self._outgoing.append(encode_frame(self.framing, frame))
         return True
 
-    def cork(self) -> None:
-        """Collect the frames written from now on and send them in one write at uncork():
-        one system call for a batch the journal released at once."""
-        if self._corked is None:
-            self._corked = []
-
-    def uncork(self) -> None:
-        chunks, self._corked = self._corked, None
+    def _send_outgoing(self) -> None:
+        chunks, self._outgoing = self._outgoing, []
         transport = self.transport
         if chunks and transport is not None and not transport.is_closing():
-            transport.write(b"".join(chunks))
+            transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def close(self) -> None:
+        """Close after sending what was written."""
+        self._send_outgoing()
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
+        """Drop the connection at once, and what was written to it with it."""
+        self._outgoing = []
         if self.transport is not None:
             self.transport.abort()
 

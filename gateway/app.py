@@ -16,7 +16,7 @@ except ImportError:  # uvloop is optional (not on Windows): plain asyncio works,
 
 from gateway.config import GatewayConfig
 from gateway.journal.sqlite import SqliteJournal
-from gateway.ops.logging import configure_logging
+from gateway.ops.logging import configure_logging, flush_logs
 from gateway.ops.metrics import MetricsEndpoint
 from gateway.ops.mqtt import MqttPublisher
 from gateway.ops.sink import EventSink, FanOut, LogSink
@@ -96,6 +96,7 @@ async def serve(config: GatewayConfig) -> None:
         await service.shutdown()
         for component in reversed(components):
             await component.stop()
+        flush_logs()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
 

@@ -87,18 +87,35 @@ class _BinaryStream(Protocol):
 class _LineWriter:
     """Writes whole lines to a binary stream under a lock (two paths share the stream).
 
-    On an event loop thread, lines are gathered and written once per loop iteration: one
-    system call for all the lines a burst of transactions produced, instead of one per line.
-    Elsewhere (other threads, no loop) each line is written at once.
+    On an event loop thread, lines are gathered and written together: warnings and errors at
+    the end of the loop iteration that logged them, info and debug lines (one per transaction)
+    at most ``LINGER_SECONDS`` later or once ``FLUSH_BYTES`` have gathered. That is one system
+    call for many lines at any rate, where a write per line costs more than the line itself at
+    a thousand transactions a second. A process killed outright (SIGKILL) can lose the info
+    lines of its last ``LINGER_SECONDS``; the journal, not the log, is the record of what is
+    owed. Elsewhere (other threads, no loop) each line is written at once.
     """
+
+    LINGER_SECONDS = 0.05
+    FLUSH_BYTES = 64 * 1024
 
     def __init__(self, stream: _BinaryStream) -> None:
         self._stream = stream
         self._lock = threading.Lock()
         self._pending: list[bytes] = []
-        self._flush_scheduled = False
+        self._pending_bytes = 0
+        self._flush_soon: asyncio.Handle | None = None
+        self._flush_later: asyncio.TimerHandle | None = None
 
     def msg(self, message: bytes | str) -> None:
+        """An info or debug line: written within ``LINGER_SECONDS``."""
+        self._add(message, urgent=False)
+
+    def msg_soon(self, message: bytes | str) -> None:
+        """A warning or worse: written at the end of this loop iteration."""
+        self._add(message, urgent=True)
+
+    def _add(self, message: bytes | str, *, urgent: bool) -> None:
         data = message if isinstance(message, bytes) else message.encode()
         try:
             loop = asyncio.get_running_loop()
@@ -109,15 +126,21 @@ class _LineWriter:
                 self._write(data + b"\n")
                 return
             self._pending.append(data)
-            if self._flush_scheduled:
-                return
-            self._flush_scheduled = True
-        loop.call_soon(self.flush)
+            self._pending_bytes += len(data)
+            if urgent or self._pending_bytes >= self.FLUSH_BYTES:
+                if self._flush_soon is None:
+                    self._flush_soon = loop.call_soon(self.flush)
+            elif self._flush_later is None and self._flush_soon is None:
+                self._flush_later = loop.call_later(self.LINGER_SECONDS, self.flush)
 
     def flush(self) -> None:
         with self._lock:
-            self._flush_scheduled = False
+            for handle in (self._flush_soon, self._flush_later):
+                if handle is not None:
+                    handle.cancel()
+            self._flush_soon = self._flush_later = None
             lines, self._pending = self._pending, []
+            self._pending_bytes = 0
             if lines:
                 self._write(b"\n".join(lines) + b"\n")
 
@@ -125,7 +148,17 @@ class _LineWriter:
         self._stream.write(data)
         self._stream.flush()
 
-    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+    log = debug = info = msg
+    warn = warning = error = critical = exception = fatal = msg_soon
+
+
+_writers: list[_LineWriter] = []  # the one configure_logging set up last
+
+
+def flush_logs() -> None:
+    """Write every line still lingering now (before reading the stream, or at shutdown)."""
+    for writer in _writers:
+        writer.flush()
 
 
 class _WriterFactory:
@@ -165,7 +198,8 @@ def configure_logging(
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
     binary: _BinaryStream | None = getattr(stream, "buffer", None)
     writer = _LineWriter(binary if binary is not None else _TextAsBinary(stream))
-    atexit.register(writer.flush)  # lines of the last loop iteration, at exit
+    atexit.register(writer.flush)  # lines still lingering, at exit
+    _writers[:] = [writer]
     structlog.configure(
         processors=[*shared, renderer],
         logger_factory=_WriterFactory(writer),
@@ -194,7 +228,11 @@ class _WriterHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._writer.msg(self.format(record))
+            line = self.format(record)
+            if record.levelno >= logging.WARNING:
+                self._writer.msg_soon(line)
+            else:
+                self._writer.msg(line)
         except Exception:
             self.handleError(record)
 

@@ -3,6 +3,7 @@ masking in the pipeline itself, and the gateway's canonical lines with their con
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import Callable, Iterator
@@ -13,7 +14,7 @@ import orjson
 import pytest
 import structlog
 
-from gateway.ops.logging import configure_logging
+from gateway.ops.logging import _LineWriter, configure_logging, flush_logs
 from gateway.ops.mqtt import MqttPublisher
 from gateway.ops.sink import FanOut, LogSink
 from gateway.sim.rules import Rule
@@ -49,6 +50,7 @@ def captured_logs() -> Iterator[Configure]:
 
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    flush_logs()
     return [orjson.loads(line) for line in stream.getvalue().splitlines()]
 
 
@@ -217,3 +219,25 @@ async def test_an_mqtt_outage_is_one_warning_not_one_per_retry(captured_logs: Co
     failures = [line for line in lines(stream) if line["event"] == "mqtt_connect_failed"]
     assert [line["level"] for line in failures[:3]] == ["warning", "debug", "debug"]
     assert failures[0]["broker"] == url and "refused" in failures[0]["error"].lower()
+
+
+async def test_on_the_loop_info_lines_linger_and_warnings_go_out_at_the_iteration_end(
+    captured_logs: Configure,
+) -> None:
+    stream = captured_logs(level="info")
+    logger = structlog.get_logger("test")
+    logger.info("first")
+    logger.info("second")
+    await asyncio.sleep(0)
+    assert stream.getvalue() == ""  # gathered, not one write per line
+    logger.warning("trouble")
+    await asyncio.sleep(0)
+    # A warning takes the lines before it along, in order.
+    assert [line["event"] for line in map(orjson.loads, stream.getvalue().splitlines())] == [
+        "first",
+        "second",
+        "trouble",
+    ]
+    logger.info("third")
+    await asyncio.sleep(_LineWriter.LINGER_SECONDS * 3)
+    assert stream.getvalue().splitlines()[-1].find('"third"') > 0  # written without a flush

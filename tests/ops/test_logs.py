@@ -14,7 +14,13 @@ import orjson
 import pytest
 import structlog
 
-from gateway.ops.logging import _LineWriter, configure_logging, flush_logs
+from gateway.ops.logging import (
+    _LineWriter,
+    configure_logging,
+    flush_logs,
+    log_context_var,
+    merge_bound_context,
+)
 from gateway.ops.mqtt import MqttPublisher
 from gateway.ops.sink import FanOut, LogSink
 from gateway.sim.rules import Rule
@@ -241,3 +247,20 @@ async def test_on_the_loop_info_lines_linger_and_warnings_go_out_at_the_iteratio
     logger.info("third")
     await asyncio.sleep(_LineWriter.LINGER_SECONDS * 3)
     assert stream.getvalue().splitlines()[-1].find('"third"') > 0  # written without a flush
+
+
+def test_merging_bound_context_agrees_with_structlog() -> None:
+    # merge_bound_context reads structlog's private registry of bound variables: if a
+    # structlog release changes it, this catches the difference.
+    conn = log_context_var("conn")
+    token = conn.set(7)
+    bound = structlog.contextvars.bind_contextvars(request="r1", empty=...)
+    try:
+        ours = merge_bound_context(None, "info", {"event": "x", "request": "own value"})
+        theirs = structlog.contextvars.merge_contextvars(
+            None, "info", {"event": "x", "request": "own value"}
+        )
+        assert ours == theirs == {"event": "x", "request": "own value", "conn": 7}
+    finally:
+        structlog.contextvars.reset_contextvars(**bound)
+        conn.reset(token)

@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.io.runtime import tune_gc
 from gateway.sim.terminals import Outcome, TerminalFleet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,6 +117,7 @@ def start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
 
 
 async def main(quick: bool) -> None:
+    tune_gc()  # the load generator keeps every record: the same settings as the gateway's
     work = Path(tempfile.mkdtemp(prefix="gw-bench-"))
     sim_port, relay_port, gw_port = free_port(), free_port(), free_port()
     py = sys.executable

@@ -15,6 +15,7 @@ except ImportError:  # uvloop is optional (not on Windows): plain asyncio works,
     uvloop = None  # type: ignore[assignment]
 
 from gateway.config import GatewayConfig
+from gateway.io.runtime import tune_gc
 from gateway.journal.sqlite import SqliteJournal
 from gateway.ops.logging import configure_logging, flush_logs
 from gateway.ops.metrics import MetricsEndpoint
@@ -89,6 +90,7 @@ async def serve(config: GatewayConfig) -> None:
     for component in components:
         await component.start()
     await service.start()
+    tune_gc()  # after start-up and recovery: what is alive now lives as long as the process
     try:
         await stop.wait()
         log.info("shutdown_requested", grace_seconds=config.gateway.shutdown_grace)

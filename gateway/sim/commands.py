@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from gateway.cliutil import Failure, hostport_option
+from gateway.io.runtime import tune_gc
 from gateway.sim.acquirer import AcquirerSimulator
 from gateway.sim.rules import FaultRates, RulesError, SimSettings, load_settings
 from gateway.sim.terminals import TerminalFleet, format_summary, stderr_progress
@@ -166,6 +167,7 @@ async def _serve_acquirer(
         await simulator.start(*listen, ledger_http=ledger_http)
     except OSError as error:
         raise Failure(f"cannot listen on {listen[0]}:{listen[1]}: {error.strerror}") from None
+    tune_gc()  # its ledger grows with every approval: the gateway's reasons apply
     click.echo(
         f"acquirer simulator ({simulator.dialect.name}) listening on "
         f"{simulator.host}:{simulator.port}"

@@ -393,10 +393,7 @@ class SqliteJournal:
             return
         assert self._loop_conn is not None
         with self._lock:
-            auths, reversals, meta = self._auths, self._reversals, self._meta
-            puts, seq = self._pending_puts, self._seq
-            self._auths, self._reversals, self._meta = {}, {}, {}
-            self._pending_puts = 0
+            auths, reversals, meta, puts, seq = self._take_batch()
         started = time.perf_counter()
         try:
             _write(self._loop_conn, auths, reversals, meta)
@@ -452,10 +449,7 @@ class SqliteJournal:
             failures = 0
             while self._pending_puts:
                 with self._lock:
-                    auths, reversals, meta = self._auths, self._reversals, self._meta
-                    puts, seq = self._pending_puts, self._seq
-                    self._auths, self._reversals, self._meta = {}, {}, {}
-                    self._pending_puts = 0
+                    auths, reversals, meta, puts, seq = self._take_batch()
                 started = time.perf_counter()
                 try:
                     await asyncio.to_thread(_write, conn, auths, reversals, meta)
@@ -516,10 +510,7 @@ class SqliteJournal:
                             break
                         self._wake.wait(remaining)
                 self._urgent = False
-                auths, reversals, meta = self._auths, self._reversals, self._meta
-                puts, seq = self._pending_puts, self._seq
-                self._auths, self._reversals, self._meta = {}, {}, {}
-                self._pending_puts = 0
+                auths, reversals, meta, puts, seq = self._take_batch()
                 closing = self._closing
             started = time.perf_counter()
             try:
@@ -544,6 +535,16 @@ class SqliteJournal:
             latency = time.perf_counter() - started
             records = len(auths) + len(reversals) + len(meta)
             self._post(self._committed, CommitStats(seq, records, puts, latency))
+
+    def _take_batch(
+        self,
+    ) -> tuple[dict[int, Row], dict[int, Row], dict[str, str], int, int]:
+        """Everything pending, as one batch: rows, puts it covers, sequence it reaches.
+        Called with _lock held."""
+        batch = (self._auths, self._reversals, self._meta, self._pending_puts, self._seq)
+        self._auths, self._reversals, self._meta = {}, {}, {}
+        self._pending_puts = 0
+        return batch
 
     def _put_back(
         self,

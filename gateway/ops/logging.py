@@ -8,6 +8,11 @@ Two paths share those processors and one output stream:
   writer with orjson: about 10 µs a line instead of ~70 µs through the logging module, which
   matters at thousands of transactions a second;
 - standard-library loggers (asyncio, aiomqtt) are routed through ``ProcessorFormatter``.
+
+The core's notices (``log_event``, one ``transaction_completed`` line per transaction) take a
+shortcut when the format is JSON: the same steps as the processor chain (bound context,
+masking, level, timestamp), written out in one function, ~4 µs a line instead of ~15 µs
+through structlog's bound logger. A test holds the two to the same output.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextvars
+import datetime
 import logging
 import sys
 import threading
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal, Protocol, TextIO
 
 import orjson
@@ -101,7 +107,7 @@ def _orjson_text(event: Any, **_: Any) -> str:
 
 
 class _BinaryStream(Protocol):
-    def write(self, data: bytes, /) -> int: ...
+    def write(self, data: bytes | bytearray, /) -> int: ...
     def flush(self) -> None: ...
 
 
@@ -123,8 +129,9 @@ class _LineWriter:
     def __init__(self, stream: _BinaryStream) -> None:
         self._stream = stream
         self._lock = threading.Lock()
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
+        # One growing buffer, not a list of lines: each rendered line is freed at once, so
+        # the allocator reuses its memory (a list of 50 ms of lines made rendering 2x slower).
+        self._pending = bytearray()
         self._flush_soon: asyncio.Handle | None = None
         self._flush_later: asyncio.TimerHandle | None = None
 
@@ -146,9 +153,9 @@ class _LineWriter:
             if loop is None or loop.is_closed():
                 self._write(data + b"\n")
                 return
-            self._pending.append(data)
-            self._pending_bytes += len(data)
-            if urgent or self._pending_bytes >= self.FLUSH_BYTES:
+            self._pending += data
+            self._pending += b"\n"
+            if urgent or len(self._pending) >= self.FLUSH_BYTES:
                 if self._flush_soon is None:
                     self._flush_soon = loop.call_soon(self.flush)
             elif self._flush_later is None and self._flush_soon is None:
@@ -160,12 +167,11 @@ class _LineWriter:
                 if handle is not None:
                     handle.cancel()
             self._flush_soon = self._flush_later = None
-            lines, self._pending = self._pending, []
-            self._pending_bytes = 0
+            lines, self._pending = self._pending, bytearray()
             if lines:
-                self._write(b"\n".join(lines) + b"\n")
+                self._write(lines)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | bytearray) -> None:
         self._stream.write(data)
         self._stream.flush()
 
@@ -180,6 +186,47 @@ def flush_logs() -> None:
     """Write every line still lingering now (before reading the stream, or at shutdown)."""
     for writer in _writers:
         writer.flush()
+
+
+class _JsonEvents:
+    """The JSON pipeline for events, without structlog's bound logger (see the module doc)."""
+
+    def __init__(self, writer: _LineWriter, level: int) -> None:
+        self._writer = writer
+        self._level = level
+
+    def emit(self, level: int, level_name: str, event: str, data: Mapping[str, Any]) -> None:
+        if level < self._level:
+            return
+        line: dict[str, Any] = {**data, "event": event}
+        if _BOUND_VARS is not None:
+            merge_bound_context(None, level_name, line)
+        for key, value in line.items():  # redact_processor's loop, inlined
+            if not (value is None or type(value) is int or type(value) is float):
+                line[key] = redact_value(value)
+        line["level"] = level_name
+        line["timestamp"] = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+        rendered = orjson.dumps(line, default=str)
+        if level >= logging.WARNING:
+            self._writer.msg_soon(rendered)
+        else:
+            self._writer.msg(rendered)
+
+
+_json_events: list[_JsonEvents] = []  # set by configure_logging when the format is JSON
+
+
+def log_event(level: int, event: str, data: Mapping[str, Any]) -> None:
+    """One line for an event (a notice of the core): ``event`` plus ``data``, at ``level``
+    (``logging.INFO``, ...). The same line structlog would write, faster when it is JSON."""
+    level_name = logging.getLevelName(level).lower()
+    if _json_events and "exc_info" not in data:
+        _json_events[0].emit(level, level_name, event, data)
+        return
+    getattr(_events_log, level_name)(event, **data)
+
+
+_events_log = structlog.get_logger("gateway.events")
 
 
 class _WriterFactory:
@@ -221,6 +268,7 @@ def configure_logging(
     writer = _LineWriter(binary if binary is not None else _TextAsBinary(stream))
     atexit.register(writer.flush)  # lines still lingering, at exit
     _writers[:] = [writer]
+    _json_events[:] = [] if console else [_JsonEvents(writer, _LEVELS[level.upper()])]
     structlog.configure(
         processors=[*shared, renderer],
         logger_factory=_WriterFactory(writer),
@@ -264,7 +312,7 @@ class _TextAsBinary:
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | bytearray) -> int:
         return self._stream.write(data.decode("utf-8", errors="replace"))
 
     def flush(self) -> None:

@@ -6,12 +6,14 @@ no I/O waits, bounded queues, counted drops.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import structlog
 
 from gateway.core import notices
+from gateway.ops.logging import log_event
 
 log = structlog.get_logger("gateway.events")
 
@@ -44,20 +46,20 @@ class LogSink:
     PAN, terminal id, STAN, RRN, outcome, response code, the latencies the service adds,
     reversal id if one is owed) and one per reversal attempt (``reversal_sent`` with its
     attempt number, then ``reversal_acknowledged`` or ``reversal_failed``). Masking is the
-    logging pipeline's job (``redact_processor``), so nothing is copied or scanned here.
+    logging pipeline's job (``log_event`` masks like the processor chain), so nothing is
+    copied or scanned here.
     """
 
     def notify(self, kind: str, data: Mapping[str, Any]) -> None:
-        _method(kind)(kind, **data)
+        log_event(_level(kind), kind, data)
 
 
-def _method(kind: str) -> Callable[..., Any]:
-    # Looked up per call, not cached: configure_logging may replace the logger's pipeline.
+def _level(kind: str) -> int:
     if kind in _ERROR_KINDS:
-        return log.error  # type: ignore[no-any-return]
+        return logging.ERROR
     if kind in _WARNING_KINDS:
-        return log.warning  # type: ignore[no-any-return]
-    return log.info  # type: ignore[no-any-return]
+        return logging.WARNING
+    return logging.INFO
 
 
 class FanOut:

@@ -19,6 +19,7 @@ from gateway.ops.logging import (
     configure_logging,
     flush_logs,
     log_context_var,
+    log_event,
     merge_bound_context,
 )
 from gateway.ops.mqtt import MqttPublisher
@@ -264,3 +265,49 @@ def test_merging_bound_context_agrees_with_structlog() -> None:
     finally:
         structlog.contextvars.reset_contextvars(**bound)
         conn.reset(token)
+
+
+@pytest.mark.parametrize("level", [logging.INFO, logging.WARNING, logging.ERROR])
+def test_event_lines_match_what_structlog_writes(captured_logs: Configure, level: int) -> None:
+    # log_event writes JSON lines itself (speed); they must be structlog's lines, byte for
+    # byte apart from the timestamp: same keys in the same order, same masking, same context.
+    stream = captured_logs(level="info")
+    data = {
+        "txn_id": 7,
+        "ok": True,
+        "ratio": 0.5,
+        "nothing": None,
+        "stan": "000001",
+        "note": f"card {PAN} seen",
+        "nested": {"pan": PAN, "list": [PAN, 1]},
+        "path": Path("/tmp/x"),
+    }
+    conn = log_context_var("conn")
+    token = conn.set(3)
+    try:
+        log_event(level, "some_event", data)
+        getattr(structlog.get_logger("gateway.events"), logging.getLevelName(level).lower())(
+            "some_event", **data
+        )
+    finally:
+        conn.reset(token)
+    ours, theirs = lines(stream)
+    assert ours.pop("timestamp")[:10] == theirs.pop("timestamp")[:10]
+    assert list(ours.items()) == list(theirs.items())
+    assert PAN not in stream.getvalue()
+    assert ours["conn"] == 3 and ours["note"] == f"card {MASKED} seen"
+
+
+def test_event_lines_below_the_level_are_not_written(captured_logs: Configure) -> None:
+    stream = captured_logs(level="warning")
+    log_event(logging.INFO, "quiet", {"n": 1})
+    log_event(logging.WARNING, "loud", {"n": 2})
+    assert [line["event"] for line in lines(stream)] == ["loud"]
+
+
+def test_event_lines_on_a_console_go_through_structlog(captured_logs: Configure) -> None:
+    stream = captured_logs(level="info", fmt="console")
+    log_event(logging.INFO, "pretty", {"pan": PAN})
+    flush_logs()
+    text = stream.getvalue()
+    assert "pretty" in text and MASKED in text and PAN not in text

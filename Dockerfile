@@ -5,14 +5,13 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
+# The dialect files: the package carries them (gateway/_specs), no directory to point at.
+COPY specs ./specs
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim
 COPY --from=build /install /usr/local
-# The dialect files live beside the package in the source tree; tell the installed gateway.
-COPY specs /opt/iso-gateway/specs
-ENV GATEWAY_SPECS_DIR=/opt/iso-gateway/specs \
-    ISO_GATEWAY__GATEWAY__DATA_DIR=/var/lib/iso-gateway \
+ENV ISO_GATEWAY__GATEWAY__DATA_DIR=/var/lib/iso-gateway \
     PYTHONUNBUFFERED=1
 # Not root: the gateway needs no privilege (its ports are above 1024). The journal lives in
 # /var/lib/iso-gateway: mount a volume there, it is what the gateway owes.

@@ -32,7 +32,15 @@ from gateway.wire.framing import LENGTH_HEADERS, Framing
 
 REVERSAL_REASONS = ("timeout", "link_lost", "undeliverable", "in_doubt", "terminal", "other")
 
-BUILTIN_SPECS = Path(__file__).resolve().parents[2] / "specs"
+
+def _builtin_specs() -> Path:
+    """specs/ beside the package in a source tree; gateway/_specs in an installed wheel."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "_specs"
+    return installed if installed.is_dir() else package.parent / "specs"
+
+
+BUILTIN_SPECS = _builtin_specs()
 SPECS_DIR_ENV = "GATEWAY_SPECS_DIR"  # more dialect directories, separated by os.pathsep
 DIALECT_SUFFIXES = (".toml", ".json")
 LAST_FIELD = 192  # a third bitmap (announced by bit 65) reaches fields 129..192 (Visa uses it)

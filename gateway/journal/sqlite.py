@@ -74,7 +74,10 @@ from gateway.journal.rows import (
     reversal_row,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 1 -> 2: reversals.expires_at (an operator's retry renews a reversal's expiry, and a
+# restart must not take it back). Older files are upgraded in place at start.
+_MIGRATIONS = {1: ("ALTER TABLE reversals ADD COLUMN expires_at REAL",)}
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -109,7 +112,8 @@ _SCHEMA = (
         last_response_code TEXT,
         fields TEXT NOT NULL,
         tpdu BLOB NOT NULL,
-        header BLOB NOT NULL
+        header BLOB NOT NULL,
+        expires_at REAL
     )""",
     # Operator retries waiting for the running gateway to pick them up (take_requeued).
     "CREATE TABLE IF NOT EXISTS requeued (reversal_id INTEGER PRIMARY KEY, requested_at REAL)",
@@ -618,7 +622,7 @@ class SqliteJournal:
         _create_private_file(self.path)
         conn = sqlite3.connect(
             self.path,
-            timeout=0 if loop_side else self.busy_timeout,
+            timeout=self.busy_timeout,  # opened in a worker thread: waiting is fine here
             isolation_level=None,  # transactions are explicit: BEGIN IMMEDIATE ... COMMIT
             check_same_thread=False,  # the side connection moves between worker threads
         )
@@ -630,14 +634,10 @@ class SqliteJournal:
             conn.execute(f"PRAGMA synchronous={synchronous}")
             # Deleted and overwritten rows (PANs of settled reversals) are zeroed in the file.
             conn.execute("PRAGMA secure_delete=ON")
+            _ensure_schema(conn, self.path)
             if loop_side:
                 conn.execute("PRAGMA wal_autocheckpoint=0")
-                # The schema may need creating: wait for the lock this once, off the loop.
-                conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-                _ensure_schema(conn, self.path)
-                conn.execute("PRAGMA busy_timeout = 0")
-            else:
-                _ensure_schema(conn, self.path)
+                conn.execute("PRAGMA busy_timeout = 0")  # from now on used on the loop
         except BaseException:
             conn.close()
             raise
@@ -741,9 +741,11 @@ class SqliteJournal:
                     ]
                 # Due at once, with a fresh attempt budget; the old response code stays as
                 # history until the next attempt replaces it.
+                # expires_at NULL: counted again from now by the gateway that takes it up
+                # (take_requeued), or by the next start (see expiry in the core's restore).
                 conn.executemany(
                     "UPDATE reversals SET state = ?, attempts = 0, next_attempt_at = ?, "
-                    "updated_at = ? WHERE reversal_id = ?",
+                    "updated_at = ?, expires_at = NULL WHERE reversal_id = ?",
                     [(ReversalState.OWED.value, when, when, i) for i in ids],
                 )
                 conn.executemany(
@@ -866,11 +868,27 @@ def _ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
                 (_SCHEMA_KEY, str(SCHEMA_VERSION)),
             )
             row = conn.execute("SELECT value FROM meta WHERE key = ?", (_SCHEMA_KEY,)).fetchone()
+    if str(row[0]).isdigit() and int(row[0]) in _MIGRATIONS:
+        _migrate(conn, int(row[0]))
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (_SCHEMA_KEY,)).fetchone()
     if str(row[0]) != str(SCHEMA_VERSION):
         raise JournalSchemaError(
             f"journal {path} has schema version {row[0]}; this gateway reads version "
             f"{SCHEMA_VERSION}"
         )
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Upgrade a journal written by an older gateway, one version at a time, each step in the
+    same transaction as the version it records (a crash leaves the old or the new schema)."""
+    with _transaction(conn, "BEGIN IMMEDIATE"):
+        row = conn.execute("SELECT value FROM meta WHERE key = ?", (_SCHEMA_KEY,)).fetchone()
+        version = int(row[0])  # another process may have upgraded it meanwhile
+        while version in _MIGRATIONS:
+            for statement in _MIGRATIONS[version]:
+                conn.execute(statement)
+            version += 1
+        conn.execute(_UPSERT_META, (_SCHEMA_KEY, str(version)))
 
 
 def _create_private_file(path: Path) -> None:

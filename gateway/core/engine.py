@@ -260,7 +260,7 @@ class GatewayCore:
                 tpdu=saved.tpdu,
                 header=saved.header,
                 # one past its expiry at restart still gets one more attempt
-                expires_at=max(saved.created_at + self.settings.reversal_expiry, now),
+                expires_at=max(_expiry_of(saved, self.settings.reversal_expiry), now),
             )
             self._stans.hold(saved.stan)
             rev.updated_at = saved.updated_at
@@ -1212,3 +1212,12 @@ def _same_amount(original: Mapping[str, str], repeat: Mapping[str, str]) -> bool
 
 def _drain_order(rev: Reversal) -> tuple[float, int]:
     return (rev.next_attempt_at or rev.created_at, rev.reversal_id)
+
+
+def _expiry_of(saved: ReversalRecord, reversal_expiry: float) -> float:
+    """When a journaled reversal expires: as journaled. Without one (``saf retry`` while no
+    gateway ran, or a journal from before expiries were kept): ``reversal_expiry`` after its
+    last update, the retry itself for a retried one; never earlier than the original rule."""
+    if saved.expires_at is not None:
+        return saved.expires_at
+    return max(saved.created_at, saved.updated_at) + reversal_expiry

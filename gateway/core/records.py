@@ -84,3 +84,7 @@ class ReversalRecord:
     fields: Mapping[str, str] = field(default_factory=dict, repr=False)  # the reversal's DEs
     tpdu: bytes = b""
     header: bytes = b""
+    # When it gives up (fails) if still unacknowledged; renewed by an operator's retry. None:
+    # not known (retried by `saf retry` while no gateway ran, or journaled by an older
+    # version): the core counts reversal_expiry from updated_at.
+    expires_at: float | None = None

@@ -184,4 +184,5 @@ class Reversal:
             _NO_FIELDS if done else self.fields,
             self.tpdu,
             self.header,
+            self.expires_at,
         )

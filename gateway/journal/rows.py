@@ -31,6 +31,7 @@ AUTH_COLUMNS: tuple[str, ...] = (
 REVERSAL_COLUMNS: tuple[str, ...] = (
     "reversal_id", "txn_id", "created_at", "updated_at", "state", "reason", "mti", "stan",
     "attempts", "next_attempt_at", "last_response_code", "fields", "tpdu", "header",
+    "expires_at",
 )  # fmt: skip
 
 Row = tuple[Any, ...]
@@ -90,6 +91,7 @@ def reversal_row(record: ReversalRecord) -> Row:
         fields,
         bytes(record.tpdu),
         bytes(record.header),
+        record.expires_at,
     )
 
 
@@ -136,6 +138,7 @@ def reversal_from_row(row: Sequence[Any]) -> ReversalRecord:
             fields=_mapping(row[11]),
             tpdu=bytes(row[12] or b""),
             header=bytes(row[13] or b""),
+            expires_at=None if row[14] is None else float(row[14]),
         )
     except (ValueError, TypeError) as exc:
         raise JournalError(

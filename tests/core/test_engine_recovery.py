@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 
 from gateway.core.commands import Command
@@ -15,6 +16,7 @@ from gateway.core.records import (
     ReversalRecord,
     ReversalState,
 )
+from gateway.core.settings import CoreSettings
 
 from .helpers import (
     Harness,
@@ -178,3 +180,45 @@ def test_late_responses_after_restart_are_unmatched() -> None:
     fresh, _ = restart(h)
     out = fresh.respond(answer(request))
     assert not to_terminal(out)
+
+
+def _failed_long_ago() -> tuple[Harness, CoreSettings]:
+    """A reversal that failed after its attempts, then sat failed past its first expiry."""
+    rules = settings(max_attempts=2, reversal_expiry=100.0)
+    h = Harness(rules)
+    h.request(sale())
+    h.run_until(h.now + 100)
+    assert h.core.stats()["reversals_failed"] == 1
+    h.advance(1000)
+    return h, rules
+
+
+def test_a_retried_reversal_keeps_its_renewed_expiry_across_a_restart() -> None:
+    # `saf retry` while the gateway runs: the core renews the expiry and journals it, so a
+    # restart before the reversal is through does not take the renewal back.
+    h, rules = _failed_long_ago()
+    h.requeue(1)
+    [requeued] = reversal_records(h.log[-3:])
+    assert requeued.expires_at == h.now + 100.0
+    fresh, _ = restart(h, settings=rules)
+    assert len(sent_reversals(fresh.run_until(fresh.now + 90))) == 2  # a full budget again
+
+
+def test_a_reversal_retried_while_no_gateway_ran_gets_a_full_budget_at_start() -> None:
+    # `saf retry` on a stopped gateway's journal: OWED, no attempts, expiry unknown (NULL).
+    h, rules = _failed_long_ago()
+    auths, revs = journal(h.log)
+    retried = dataclasses.replace(
+        revs[0],
+        state=ReversalState.OWED,
+        attempts=0,
+        next_attempt_at=h.now,
+        updated_at=h.now,
+        expires_at=None,
+    )
+    fresh = Harness(
+        rules, links=(), now=h.now + 5, open_authorizations=auths, open_reversals=[retried]
+    )
+    fresh.log.extend(fresh.core.recover(fresh.now))
+    fresh.link_up(1)
+    assert len(sent_reversals(fresh.run_until(fresh.now + 90))) == 2

@@ -32,10 +32,10 @@ def test_reversal_record_has_every_field_in_place() -> None:
         "reversal_id": 3, "txn_id": 7, "created_at": 1.0, "updated_at": 2.0,
         "state": ReversalState.SENT, "reason": ReversalReason.TIMEOUT, "mti": "0420",
         "stan": "000777", "attempts": 2, "next_attempt_at": 9.0, "last_response_code": "91",
-        "fields": {"11": "000777"}, "tpdu": b"t", "header": b"h",
+        "fields": {"11": "000777"}, "tpdu": b"t", "header": b"h", "expires_at": 99.0,
     }  # fmt: skip
     rev = Reversal(
-        expires_at=99.0, index_key=("0430", "000777"), match_values=(None, "000777"),
+        index_key=("0430", "000777"), match_values=(None, "000777"),
         auth=None, **values,  # type: ignore[arg-type]
     )  # fmt: skip
     assert rev.record() == ReversalRecord(**values)  # type: ignore[arg-type]

@@ -329,6 +329,28 @@ async def test_newer_schema_version_is_refused(journal_path: Path) -> None:
     await journal.close()
 
 
+async def test_a_version_1_journal_is_upgraded_in_place(journal_path: Path) -> None:
+    # What a gateway before reversal expiries were journaled left behind: no expires_at.
+    async with SqliteJournal(journal_path) as journal:
+        journal.put(make_reversal(1, ReversalState.OWED, attempts=2))
+    conn = sqlite3.connect(journal_path, isolation_level=None)
+    conn.execute("ALTER TABLE reversals DROP COLUMN expires_at")
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.close()
+
+    async with SqliteJournal(journal_path) as journal:
+        _, [before] = await journal.load_open()
+        assert (before.attempts, before.expires_at) == (2, None)  # the core counts it
+        journal.put(make_reversal(2, expires_at=T0 + 50))
+    assert raw_rows(journal_path, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+    other = reopen(journal_path)
+    try:
+        _, revs = await other.load_open()
+        assert [(r.reversal_id, r.expires_at) for r in revs] == [(1, None), (2, T0 + 50)]
+    finally:
+        await other.close()
+
+
 # -- operator commands -------------------------------------------------------------------------
 
 
@@ -336,7 +358,7 @@ async def test_requeue_from_another_process_reaches_the_gateway(
     journal: SqliteJournal, journal_path: Path
 ) -> None:
     journal.put(make_reversal(1, ReversalState.FAILED, attempts=10))
-    journal.put(make_reversal(2, ReversalState.FAILED, attempts=10))
+    journal.put(make_reversal(2, ReversalState.FAILED, attempts=10, expires_at=T0 + 9))
     journal.put(make_reversal(3, ReversalState.OWED))
     await journal.flush()
     assert await journal.take_requeued() == []
@@ -349,6 +371,7 @@ async def test_requeue_from_another_process_reaches_the_gateway(
         await cli.close()
     assert listed[2].state is ReversalState.OWED
     assert (listed[2].attempts, listed[2].next_attempt_at) == (0, T0 + 500)
+    assert listed[2].expires_at is None  # expired: counted again from the retry (the core)
     assert listed[1].state is ReversalState.FAILED
 
     assert await journal.take_requeued() == [2]

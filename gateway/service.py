@@ -275,12 +275,18 @@ class GatewayService:
             self._write_to_link(link_id, frame, arrival)
 
     def _release_sends(self, committed_seq: int) -> None:
-        """Journal commit callback (on the loop): what waited for durability may go now.
-        (Frames written to one link in this callback leave in one system call.)"""
+        """Journal commit callback (on the loop): what waited for durability goes now, in one
+        system call per link, without waiting for the end of the loop iteration (by then the
+        loop would have read and handled another round of requests first)."""
         held = self._held_sends
+        if not held or held[0][0] > committed_seq:
+            return
         while held and held[0][0] <= committed_seq:
             _, link_id, frame, arrival = held.popleft()
             self._write_to_link(link_id, frame, arrival)
+        for link in self.links.values():
+            if link.connection is not None:
+                link.connection.flush()
 
     def _write_to_link(self, link_id: int, frame: Frame, arrival: _Arrival | None = None) -> None:
         link = self.links.get(link_id)

@@ -8,21 +8,22 @@ notifications do not wait.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from gateway.core.records import AuthorizationRecord, ReversalRecord
+from gateway.core.snapshot import snapshot
 from gateway.wire.framing import Frame
 
 
-@dataclass(frozen=True, slots=True)
+@snapshot
 class Persist:
     """Store this snapshot in the journal (it supersedes earlier snapshots of the same id)."""
 
     record: AuthorizationRecord | ReversalRecord
 
 
-@dataclass(frozen=True, slots=True)
+@snapshot
 class ForwardToAcquirer:
     """Write these bytes to this link, with the given fields re-encoded (STAN rewrite)."""
 
@@ -31,7 +32,7 @@ class ForwardToAcquirer:
     replace: Mapping[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@snapshot
 class SendToAcquirer:
     """Encode a message the gateway built itself (a reversal) and write it to this link."""
 
@@ -42,7 +43,7 @@ class SendToAcquirer:
     header: bytes = b""
 
 
-@dataclass(frozen=True, slots=True)
+@snapshot
 class ForwardToTerminal:
     """Write an acquirer's response to a terminal, fields re-encoded where given.
 
@@ -56,7 +57,7 @@ class ForwardToTerminal:
     delivery_ref: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@snapshot
 class ReplyToTerminal:
     """Encode a response the gateway makes itself (decline 91, cached duplicate, local 0410)."""
 
@@ -68,7 +69,7 @@ class ReplyToTerminal:
     delivery_ref: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@snapshot
 class Notify:
     """News for logs, metrics and MQTT. ``data`` never holds a full PAN or sensitive field."""
 

@@ -8,8 +8,8 @@ the codec's fast scanner (see ``CORE_FIELDS``); the message itself travels as th
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
+from gateway.core.snapshot import snapshot
 from gateway.wire.framing import Frame
 
 # Data elements the shell extracts for the core: MTI-independent keys, what a reversal copies,
@@ -21,7 +21,7 @@ CORE_FIELDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
+@snapshot
 class TerminalRequest:
     """A terminal sent a request (any MTI that is not a response)."""
 
@@ -31,7 +31,7 @@ class TerminalRequest:
     frame: Frame
 
 
-@dataclass(frozen=True, slots=True)
+@snapshot
 class AcquirerResponse:
     """A response (or any message the link did not consume itself) came from the acquirer."""
 
@@ -41,28 +41,28 @@ class AcquirerResponse:
     frame: Frame
 
 
-@dataclass(frozen=True, slots=True)
+@snapshot
 class LinkUp:
     """An acquirer link is connected (and signed on where the dialect wants it)."""
 
     link_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@snapshot
 class LinkDown:
     """An acquirer link broke: whatever was written to it and not answered is lost."""
 
     link_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@snapshot
 class TerminalClosed:
     """A terminal connection is gone. Its pending requests still belong to the core."""
 
     conn_id: int
 
 
-@dataclass(frozen=True, slots=True)
+@snapshot
 class DeliveryResult:
     """Outcome of a SendToTerminal that asked for it (``delivery_ref`` set)."""
 
@@ -70,7 +70,7 @@ class DeliveryResult:
     ok: bool
 
 
-@dataclass(frozen=True, slots=True)
+@snapshot
 class ReversalRequeued:
     """An operator put a failed reversal back in the queue (`iso-gateway saf retry`)."""
 

@@ -11,8 +11,10 @@ track data, PIN block, CVV or DE 55). It is cleared as soon as no reversal can b
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import StrEnum
+
+from gateway.core.snapshot import snapshot
 
 
 class AuthState(StrEnum):
@@ -48,7 +50,7 @@ class ReversalState(StrEnum):
 OPEN_REVERSAL_STATES = frozenset({ReversalState.OWED, ReversalState.SENT, ReversalState.FAILED})
 
 
-@dataclass(frozen=True, slots=True)
+@snapshot
 class AuthorizationRecord:
     txn_id: int
     created_at: float  # unix seconds
@@ -68,7 +70,7 @@ class AuthorizationRecord:
     reversal_fields: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
+@snapshot
 class ReversalRecord:
     reversal_id: int
     txn_id: int  # the authorization it reverses

@@ -12,8 +12,8 @@ from dataclasses import field
 from typing import Any
 
 from gateway.core.records import AuthorizationRecord, ReversalRecord
-from gateway.core.snapshot import snapshot
 from gateway.wire.framing import Frame
+from gateway.wire.snapshot import snapshot
 
 
 @snapshot

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gateway.core.snapshot import snapshot
 from gateway.wire.framing import Frame
+from gateway.wire.snapshot import snapshot
 
 # Data elements the shell extracts for the core: MTI-independent keys, what a reversal copies,
 # DE 35 only to derive the PAN of a track-only original (never stored), DE 38/39 of responses,

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import field
 from enum import StrEnum
 
-from gateway.core.snapshot import snapshot
+from gateway.wire.snapshot import snapshot
 
 
 class AuthState(StrEnum):

@@ -65,6 +65,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+from gateway.wire.snapshot import snapshot
+
 LengthHeader = Literal["binary2", "binary2_inclusive", "ascii4", "hex4", "bcd2", "binary4", "none"]
 LENGTH_HEADERS: tuple[str, ...] = get_args(LengthHeader)
 
@@ -93,7 +95,7 @@ class Framing:
         return (TPDU_LENGTH if self.tpdu else 0) + self.header_length
 
 
-@dataclass(frozen=True, slots=True, repr=False)
+@snapshot
 class Frame:
     message: bytes  # the ISO 8583 message: MTI onwards
     tpdu: bytes = b""  # 5 bytes or empty

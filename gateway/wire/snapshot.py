@@ -1,4 +1,5 @@
-"""``@snapshot``: the immutable value classes of the core (events, commands, records).
+"""``@snapshot``: immutable value classes on the hot path (frames; the core's events, commands
+and records). In the lowest layer so that both the wire and the core can use it.
 
 A frozen dataclass pays for its immutability at run time: its ``__init__`` sets every field
 through ``object.__setattr__``, 3x slower than a plain one (1.6 µs against 0.55 µs for a

@@ -59,7 +59,7 @@ def auth_row(record: AuthorizationRecord) -> Row:
         record.txn_id,
         record.created_at,
         record.updated_at,
-        record.state.value,
+        record.state,  # a StrEnum is a str: SQLite stores its value (no enum lookup per row)
         record.mti,
         record.terminal_id,
         record.stan,

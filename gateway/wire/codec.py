@@ -288,12 +288,20 @@ class FieldView:
             return None
         _, start, end, length = span
         layout = self._layouts[field]
+        # The common cases inline (this runs for ~18 fields of every message the gateway
+        # handles); padding and every error go through _decode_value.
         if not length:
             value = ""
-        elif layout.data_enc == "b" and not (layout.nibbles and length & 1):  # no pad to strip
-            value = self.message[start:end].hex().upper()
+        elif layout.data_enc == "b":
+            if layout.nibbles and length & 1:  # a pad nibble to strip
+                value = _decode_value(layout, self.message[start:end], length, start)
+            else:
+                value = self.message[start:end].hex().upper()
         else:
-            value = _decode_value(layout, self.message[start:end], length, start)
+            try:
+                value = self.message[start:end].decode(layout.data_enc)
+            except (UnicodeError, LookupError):
+                value = _decode_value(layout, self.message[start:end], length, start)  # raises
         self._cache[field] = value
         return value
 

@@ -290,6 +290,7 @@ class FieldView:
         layout = self._layouts[field]
         # The common cases inline (this runs for ~18 fields of every message the gateway
         # handles); padding and every error go through _decode_value.
+        value: str | None
         if not length:
             value = ""
         elif layout.data_enc == "b":
@@ -301,6 +302,8 @@ class FieldView:
             try:
                 value = self.message[start:end].decode(layout.data_enc)
             except (UnicodeError, LookupError):
+                value = None  # raised below, outside the handler: the error holds the bytes
+            if value is None:
                 value = _decode_value(layout, self.message[start:end], length, start)  # raises
         self._cache[field] = value
         return value

@@ -17,6 +17,7 @@ except ImportError:  # uvloop is optional (not on Windows): plain asyncio works,
 from gateway.config import GatewayConfig
 from gateway.io.runtime import tune_gc
 from gateway.journal.sqlite import SqliteJournal
+from gateway.ops.journal_errors import JournalErrorLog
 from gateway.ops.logging import configure_logging, flush_logs
 from gateway.ops.metrics import MetricsEndpoint
 from gateway.ops.mqtt import MqttPublisher
@@ -37,11 +38,14 @@ class Component(Protocol):
 
 def build_service(config: GatewayConfig, sinks: list[EventSink] | None = None) -> GatewayService:
     dialect = get_dialect(config.gateway.dialect, config.gateway.specs_dirs)
+    errors = JournalErrorLog()
     journal = SqliteJournal(
         config.journal_path,
         durability=config.journal.durability,
         commit_delay=config.journal.commit_delay,
+        on_error=errors.failed,
     )
+    journal.on_commit(errors.committed)
     return GatewayService(config, dialect, journal, FanOut(sinks or [LogSink()]))
 
 

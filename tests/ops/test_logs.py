@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import orjson
 import pytest
 import structlog
 
+from gateway.journal import SqliteJournal
+from gateway.ops.journal_errors import JournalErrorLog
 from gateway.ops.logging import (
     _LineWriter,
     configure_logging,
@@ -26,6 +29,7 @@ from gateway.ops.mqtt import MqttPublisher
 from gateway.ops.sink import FanOut, LogSink
 from gateway.sim.rules import Rule
 from tests.e2e.harness import PAN, TRACK2, StackFactory, auth
+from tests.journal.factories import make_auth
 
 from .test_mqtt import TeeSink, free_port, mqtt_settings, wait_until
 
@@ -311,3 +315,53 @@ def test_event_lines_on_a_console_go_through_structlog(captured_logs: Configure)
     flush_logs()
     text = stream.getvalue()
     assert "pretty" in text and MASKED in text and PAN not in text
+
+
+def test_journal_failures_are_logged_once_then_reminded_then_recovered(
+    captured_logs: Configure,
+) -> None:
+    stream = captured_logs(level="info")
+    now = [100.0]
+    errors = JournalErrorLog(clock=lambda: now[0])
+    locked = sqlite3.OperationalError("database is locked")
+    for _ in range(50):  # retries, several a second
+        errors.failed(locked)
+        now[0] += 0.2
+    now[0] += 30
+    errors.failed(locked)
+    errors.committed(7)
+    errors.committed(8)  # nothing more to say
+    logged = [(line["event"], line.get("failures")) for line in lines(stream)]
+    assert logged == [
+        ("journal_commit_failed", 1),
+        ("journal_commit_failed", 51),
+        ("journal_commit_recovered", 51),
+    ]
+    first = lines(stream)[0]
+    assert first["level"] == "error" and first["error"] == "OperationalError: database is locked"
+
+
+async def test_a_locked_journal_is_logged_by_the_running_gateway(
+    captured_logs: Configure, tmp_path: Path
+) -> None:
+    stream = captured_logs(level="info")
+    errors = JournalErrorLog()
+    journal = SqliteJournal(tmp_path / "j.db", on_error=errors.failed)
+    journal.on_commit(errors.committed)
+    await journal.start()
+    try:
+        blocker = sqlite3.connect(tmp_path / "j.db", isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")  # an operator's command holding the write lock
+        journal.put(make_auth(1))
+        journal.request_commit()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if journal.commit_errors:
+                break
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        await journal.flush()
+    finally:
+        await journal.close()
+    events = [line["event"] for line in lines(stream)]
+    assert events[0] == "journal_commit_failed" and events[-1] == "journal_commit_recovered"

@@ -134,6 +134,7 @@ class _LineWriter:
         self._pending = bytearray()
         self._flush_soon: asyncio.Handle | None = None
         self._flush_later: asyncio.TimerHandle | None = None
+        self._flush_loop: asyncio.AbstractEventLoop | None = None  # where those are scheduled
 
     def msg(self, message: bytes | str) -> None:
         """An info or debug line: written within ``LINGER_SECONDS``."""
@@ -155,6 +156,10 @@ class _LineWriter:
                 return
             self._pending += data
             self._pending += b"\n"
+            if loop is not self._flush_loop:
+                # Handles of an earlier loop (closed: asyncio.run again, a test) never run.
+                self._flush_soon = self._flush_later = None
+                self._flush_loop = loop
             if urgent or len(self._pending) >= self.FLUSH_BYTES:
                 if self._flush_soon is None:
                     self._flush_soon = loop.call_soon(self.flush)

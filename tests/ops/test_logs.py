@@ -365,3 +365,22 @@ async def test_a_locked_journal_is_logged_by_the_running_gateway(
         await journal.close()
     events = [line["event"] for line in lines(stream)]
     assert events[0] == "journal_commit_failed" and events[-1] == "journal_commit_recovered"
+
+
+def test_lines_of_a_later_event_loop_are_written_too(captured_logs: Configure) -> None:
+    # A flush scheduled on a loop that then closed never runs; the next loop schedules its own.
+    stream = captured_logs(level="info")
+    logger = structlog.get_logger("test")
+
+    async def log_and_leave(event: str) -> None:
+        logger.info(event)
+
+    asyncio.run(log_and_leave("first"))  # its flush handle dies with the loop
+
+    async def log_and_wait() -> None:
+        logger.info("second")
+        await asyncio.sleep(_LineWriter.LINGER_SECONDS * 3)
+
+    asyncio.run(log_and_wait())
+    events = [line["event"] for line in map(orjson.loads, stream.getvalue().splitlines())]
+    assert events == ["first", "second"]

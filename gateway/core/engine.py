@@ -85,7 +85,16 @@ from gateway.core.schedule import DrainPacer, retry_delay
 from gateway.core.settings import CoreSettings
 from gateway.core.stan import StanAllocator, StanExhausted
 from gateway.core.timers import TimerHeap
-from gateway.core.tracking import Authorization, IndexKey, Pending, Phase, Reversal, Waiter
+from gateway.core.tracking import (
+    NO_FIELDS,
+    Authorization,
+    EchoFields,
+    IndexKey,
+    Pending,
+    Phase,
+    Reversal,
+    Waiter,
+)
 from gateway.wire.dialect import Dialect
 
 APPROVED_BY_GATEWAY = "00"  # DE 39 of a 0410 the gateway answers itself
@@ -1124,7 +1133,7 @@ class GatewayCore:
         auth.state = state
         auth.updated_at = now
         auth.closed_at = now
-        auth.reversal_fields = {}
+        auth.reversal_fields = NO_FIELDS
         out.append(Persist(auth.record()))
         pending = auth.pending
         if pending is None:
@@ -1167,8 +1176,7 @@ class GatewayCore:
             waits = self._conn_waits.get(conn_id)
             if waits is not None:
                 waits.pop(pending, None)
-        fields = pending.fields
-        pending.fields = {name: fields[name] for name in self._echo_fields if name in fields}
+        pending.fields = EchoFields(self._echo_fields, pending.fields)
         pending.forget_at = now + self.settings.duplicate_window
         if not pending.timer_seq:
             self._timers.arm(pending, pending.forget_at)
@@ -1188,7 +1196,7 @@ class GatewayCore:
         if auth is not None:
             auth.pending = None
             if auth.closed_at is not None:
-                auth.reversal_fields = {}  # no late answer can come any more
+                auth.reversal_fields = NO_FIELDS  # no late answer can come any more
             self._forget_auth_if_done(auth, now)
 
     def _unindex(self, key: IndexKey, item: _Matchable) -> None:

@@ -6,9 +6,10 @@ immutable snapshot the journal stores. They hold no logic: GatewayCore decides.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from types import MappingProxyType
 
 from gateway.core.keys import DuplicateKey, FieldValues, RepeatKey
 from gateway.core.records import (
@@ -22,7 +23,38 @@ from gateway.wire.framing import Frame
 
 IndexKey = tuple[str, str | None]  # (response MTI, DE 11 as the acquirer sees it)
 
-_NO_FIELDS: Mapping[str, str] = {}
+# Shared and read-only: an empty mapping per closed authorization cost 64 bytes each, and the
+# gateway remembers every request for the duplicate window.
+NO_FIELDS: Mapping[str, str] = MappingProxyType({})
+_NO_FIELDS = NO_FIELDS
+
+
+class EchoFields(Mapping[str, str]):
+    """The echo fields a lingering request keeps (for the decline of a duplicate), as a tuple
+    of values beside the dialect's shared tuple of names: ~200 bytes where a dict of a dozen
+    fields takes ~460, for every request remembered during the duplicate window."""
+
+    __slots__ = ("_names", "_values")
+
+    def __init__(self, names: tuple[str, ...], source: Mapping[str, str]) -> None:
+        self._names = names
+        self._values = tuple(source.get(name) for name in names)
+
+    def __getitem__(self, key: str) -> str:
+        try:
+            value = self._values[self._names.index(key)]
+        except ValueError:
+            value = None
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        pairs = zip(self._names, self._values, strict=True)
+        return (name for name, value in pairs if value is not None)
+
+    def __len__(self) -> int:
+        return sum(value is not None for value in self._values)
 
 
 class Phase(Enum):

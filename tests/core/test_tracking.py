@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
+
 from gateway.core import notices
 from gateway.core.records import (
     AuthorizationRecord,
@@ -12,7 +14,7 @@ from gateway.core.records import (
     ReversalRecord,
     ReversalState,
 )
-from gateway.core.tracking import Authorization, Reversal
+from gateway.core.tracking import Authorization, EchoFields, Reversal
 
 
 def test_authorization_round_trips_through_its_record() -> None:
@@ -59,3 +61,16 @@ def test_notice_data_masks_the_pan_and_drops_track_data() -> None:
     assert data["masked_pan"] == "476173******0119"
     assert "4761739001010119" not in repr(data) and "PIN" not in repr(data)
     assert "=" not in repr(data)
+
+
+def test_echo_fields_behave_as_the_mapping_they_replace() -> None:
+    names = ("2", "3", "4", "11", "41")
+    source = {"3": "000000", "4": "000000001000", "11": "000123", "35": "track", "99": "x"}
+    echo = EchoFields(names, source)
+    expected = {name: source[name] for name in names if name in source}
+    assert dict(echo) == expected and len(echo) == 3 and list(echo) == ["3", "4", "11"]
+    assert echo.get("4") == "000000001000" and echo.get("2") is None and echo.get("35") is None
+    assert "11" in echo and "41" not in echo and "99" not in echo
+    with pytest.raises(KeyError):
+        echo["2"]
+    assert echo == expected  # Mapping equality

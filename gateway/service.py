@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -325,12 +326,22 @@ class GatewayService:
 
     def _send_to_terminal(self, conn_id: int, frame: Frame | None, ref: int | None) -> None:
         conn = self.terminals.connections.get(conn_id)
-        ok = frame is not None and conn is not None and conn.write_frame(frame)
+        if frame is None or conn is None:
+            ok = False
+        elif ref is None:
+            ok = conn.write_frame(frame)
+        else:
+            # An approval: the core hears how it went once the bytes actually left (end of
+            # this loop iteration), or that they could not, and reverses it then.
+            ok = conn.write_frame(frame, on_sent=functools.partial(self._delivered, ref))
         if ok and self.tap is not None:
             assert frame is not None and conn is not None
             self.tap.frame("terminal", False, conn.local_address, conn.peer_address, frame)
-        if ref is not None:
-            self._pending_events.append(DeliveryResult(ref, ok))
+        if ref is not None and not ok:
+            self._pending_events.append(DeliveryResult(ref, False))
+
+    def _delivered(self, ref: int, sent: bool) -> None:
+        self._dispatch(DeliveryResult(ref, sent))
 
     def _replaced(self, frame: Frame, replace: Mapping[str, str]) -> Frame | None:
         if not replace:

@@ -36,6 +36,7 @@ class FramedProtocol(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.closed = self._loop.create_future()
         self._outgoing: list[bytes] = []  # written this loop iteration, sent at its end
+        self._on_sent: list[Callable[[bool], None]] = []  # told whether those left
 
     # asyncio.Protocol ---------------------------------------------------------------------
 
@@ -82,11 +83,13 @@ class FramedProtocol(asyncio.Protocol):
     def is_open(self) -> bool:
         return self.transport is not None and not self.transport.is_closing()
 
-    def write_frame(self, frame: Frame) -> bool:
+    def write_frame(self, frame: Frame, on_sent: Callable[[bool], None] | None = None) -> bool:
         """Write one frame; False when the connection is already gone (nothing was written).
 
         The bytes go to the transport at the end of this loop iteration, with every other
-        frame written to this connection meanwhile; ``close()`` sends them first.
+        frame written to this connection meanwhile; ``close()`` sends them first. ``on_sent``
+        learns then whether they did: False when the connection closed first (a terminal
+        hanging up while its approval waited for the end of the iteration).
         """
         transport = self.transport
         if transport is None or transport.is_closing():
@@ -94,6 +97,8 @@ class FramedProtocol(asyncio.Protocol):
         if not self._outgoing:
             self._loop.call_soon(self._send_outgoing)
         self._outgoing.append(encode_frame(self.framing, frame))
+        if on_sent is not None:
+            self._on_sent.append(on_sent)
         return True
 
     def flush(self) -> None:
@@ -104,8 +109,17 @@ class FramedProtocol(asyncio.Protocol):
     def _send_outgoing(self) -> None:
         chunks, self._outgoing = self._outgoing, []
         transport = self.transport
-        if chunks and transport is not None and not transport.is_closing():
+        sent = bool(chunks) and transport is not None and not transport.is_closing()
+        if sent:
+            assert transport is not None
             transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if self._on_sent:
+            self._report_sent(sent)
+
+    def _report_sent(self, sent: bool) -> None:
+        callbacks, self._on_sent = self._on_sent, []
+        for callback in callbacks:
+            callback(sent)
 
     def close(self) -> None:
         """Close after sending what was written."""
@@ -118,6 +132,8 @@ class FramedProtocol(asyncio.Protocol):
         self._outgoing = []
         if self.transport is not None:
             self.transport.abort()
+        if self._on_sent:
+            self._report_sent(False)
 
     # hooks --------------------------------------------------------------------------------
 

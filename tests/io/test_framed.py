@@ -84,3 +84,29 @@ async def test_close_sends_what_was_written_first_and_abort_drops_it() -> None:
     protocol.abort()
     await asyncio.sleep(0)
     assert transport.writes == [] and transport.aborted
+
+
+async def test_on_sent_says_whether_the_bytes_left() -> None:
+    protocol, transport = connected()
+    told: list[tuple[str, bool]] = []
+    protocol.write_frame(Frame(b"0210\x01"), on_sent=lambda ok: told.append(("a", ok)))
+    protocol.write_frame(Frame(b"0210\x02"), on_sent=lambda ok: told.append(("b", ok)))
+    assert told == []  # not before the bytes are handed to the transport
+    await asyncio.sleep(0)
+    assert told == [("a", True), ("b", True)] and len(transport.writes) == 1
+
+
+async def test_a_connection_closing_before_the_iteration_ends_reports_unsent() -> None:
+    # The terminal hangs up in the same loop iteration its approval was written in: the
+    # approval never leaves, and whoever waits for it must hear so (the core then reverses).
+    protocol, transport = connected()
+    told: list[bool] = []
+    assert protocol.write_frame(Frame(b"0210\x01"), on_sent=told.append)
+    transport.close()  # the peer's EOF, handled later in the same iteration
+    await asyncio.sleep(0)
+    assert told == [False] and transport.writes == []
+
+    protocol, transport = connected()
+    protocol.write_frame(Frame(b"0210\x01"), on_sent=told.append)
+    protocol.abort()
+    assert told == [False, False]

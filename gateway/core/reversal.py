@@ -7,7 +7,7 @@ reversal"). Track data, PIN blocks, CVVs and ICC data are never copied, whatever
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from gateway.wire.dialect import Dialect, ReversalRules
 
@@ -66,11 +66,18 @@ def reversal_source_fields(
     kept = {name: fields[name] for name in names if name in fields}
     if acquirer_stan is not None:
         kept["11"] = acquirer_stan
-    if "2" not in kept and "2" in names and "35" in fields:
+    _add_pan_from_track2(kept, fields, names)
+    return kept
+
+
+def _add_pan_from_track2(
+    message: dict[str, str], fields: Mapping[str, str], wanted: Collection[str]
+) -> None:
+    """DE 2 from track 2 (DE 35) when the message wants DE 2 and only track 2 came."""
+    if "2" not in message and "2" in wanted and "35" in fields:
         pan = pan_from_track2(fields["35"])
         if pan is not None:
-            kept["2"] = pan
-    return kept
+            message["2"] = pan
 
 
 def _right_justified(value: str | None, width: int) -> str:
@@ -139,10 +146,7 @@ def terminal_reversal_fields(
     never = NEVER_COPIED | dialect.sensitive_fields
     message = {name: value for name, value in fields.items() if name not in never}
     message.pop("7", None)
-    if "2" not in message and "2" in dialect.reversal.copy_fields and "35" in fields:
-        pan = pan_from_track2(fields["35"])
-        if pan is not None:
-            message["2"] = pan
+    _add_pan_from_track2(message, fields, dialect.reversal.copy_fields)
     message["11"] = stan
     message.setdefault("39", reason_code)
     if original_data is not None:

@@ -26,7 +26,6 @@ IndexKey = tuple[str, str | None]  # (response MTI, DE 11 as the acquirer sees i
 # Shared and read-only: an empty mapping per closed authorization cost 64 bytes each, and the
 # gateway remembers every request for the duplicate window.
 NO_FIELDS: Mapping[str, str] = MappingProxyType({})
-_NO_FIELDS = NO_FIELDS
 
 
 class EchoFields(Mapping[str, str]):
@@ -213,7 +212,7 @@ class Reversal:
             self.attempts,
             self.next_attempt_at,
             self.last_response_code,
-            _NO_FIELDS if done else self.fields,
+            NO_FIELDS if done else self.fields,
             self.tpdu,
             self.header,
             self.expires_at,

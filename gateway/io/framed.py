@@ -104,7 +104,8 @@ class FramedProtocol(asyncio.Protocol):
     def flush(self) -> None:
         """Send what was written now, not at the end of the loop iteration: for a caller that
         has just written a whole batch (what one journal commit released)."""
-        self._send_outgoing()
+        if self._outgoing:
+            self._send_outgoing()
 
     def _send_outgoing(self) -> None:
         chunks, self._outgoing = self._outgoing, []

@@ -462,13 +462,7 @@ class SqliteJournal:
                     self._failed(exc)
                     failures += 1
                     if failures >= _TRIES_AT_CLOSE:
-                        self._give_up(
-                            JournalWriteError(
-                                f"journal {self.path}: gave up writing at close after "
-                                f"{failures} failed commits ({type(exc).__name__}: {exc})",
-                                self._pending_puts,
-                            )
-                        )
+                        self._give_up(self._gave_up(failures, exc, self._pending_puts))
                         return
                     await asyncio.sleep(_RETRY_PAUSES[failures - 1])
                     continue
@@ -526,12 +520,7 @@ class SqliteJournal:
                 if closing and failures >= _TRIES_AT_CLOSE:
                     with self._lock:
                         unwritten = self._pending_puts
-                    error = JournalWriteError(
-                        f"journal {self.path}: gave up writing at close after {failures} "
-                        f"failed commits ({type(exc).__name__}: {exc})",
-                        unwritten,
-                    )
-                    self._post(self._give_up, error)
+                    self._post(self._give_up, self._gave_up(failures, exc, unwritten))
                     return
                 time.sleep(_RETRY_PAUSES[min(failures, len(_RETRY_PAUSES)) - 1])
                 continue
@@ -592,6 +581,14 @@ class SqliteJournal:
         self.last_error = exc
         if self.on_error is not None:
             self._call(self.on_error, exc)
+
+    def _gave_up(self, failures: int, exc: Exception, unwritten: int) -> JournalWriteError:
+        """The error close() raises when the last batches cannot be written."""
+        return JournalWriteError(
+            f"journal {self.path}: gave up writing at close after {failures} failed commits "
+            f"({type(exc).__name__}: {exc})",
+            unwritten,
+        )
 
     def _give_up(self, error: JournalWriteError) -> None:
         self._fatal = error

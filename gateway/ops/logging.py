@@ -34,6 +34,7 @@ from gateway.wire.masking import redact_text
 
 LogFormat = Literal["auto", "json", "console"]
 _LEVELS = logging.getLevelNamesMapping()
+_LEVEL_NAMES = {n: logging.getLevelName(n).lower() for n in sorted(set(_LEVELS.values()))}
 
 
 # The shortest thing redact_text masks is a 13-digit PAN: shorter strings cannot leak one.
@@ -224,7 +225,7 @@ _json_events: list[_JsonEvents] = []  # set by configure_logging when the format
 def log_event(level: int, event: str, data: Mapping[str, Any]) -> None:
     """One line for an event (a notice of the core): ``event`` plus ``data``, at ``level``
     (``logging.INFO``, ...). The same line structlog would write, faster when it is JSON."""
-    level_name = logging.getLevelName(level).lower()
+    level_name = _LEVEL_NAMES.get(level) or str(logging.getLevelName(level)).lower()
     if _json_events and "exc_info" not in data:
         _json_events[0].emit(level, level_name, event, data)
         return

@@ -264,12 +264,16 @@ def load_settings(path: Path) -> SimSettings:
     return settings_from_mapping(data, source)
 
 
+def _refuse_unknown_keys(raw: Mapping[str, Any], known: set[str], where: str) -> None:
+    unknown = set(raw) - known
+    if unknown:
+        raise RulesError(where, f"unknown key(s) {sorted(unknown)}; expected {sorted(known)}")
+
+
 def settings_from_mapping(data: Any, source: str = "rules") -> SimSettings:
     if not isinstance(data, Mapping):
         raise RulesError(source, "expected a table/object at the top level")
-    unknown = set(data) - _TOP_KEYS
-    if unknown:
-        raise RulesError(source, f"unknown key(s) {sorted(unknown)}; expected {sorted(_TOP_KEYS)}")
+    _refuse_unknown_keys(data, _TOP_KEYS, source)
     raw_rules = data.get("rule", data.get("rules", []))
     if not isinstance(raw_rules, Sequence) or isinstance(raw_rules, str):
         raise RulesError(source, "'rule'/'rules' must be a list of tables")
@@ -289,9 +293,7 @@ def settings_from_mapping(data: Any, source: str = "rules") -> SimSettings:
 def parse_faults(raw: Any, where: str = "faults") -> FaultRates:
     if not isinstance(raw, Mapping):
         raise RulesError(where, "expected a table/object")
-    unknown = set(raw) - _FAULT_KEYS
-    if unknown:
-        raise RulesError(where, f"unknown key(s) {sorted(unknown)}; expected {sorted(_FAULT_KEYS)}")
+    _refuse_unknown_keys(raw, _FAULT_KEYS, where)
     values = {key: _number(value, f"{where}: {key}") for key, value in raw.items()}
     try:
         return FaultRates(**values)
@@ -303,9 +305,7 @@ def parse_rule(raw: Any, where: str = "rule") -> Rule:
     """One rule from a mapping (a TOML table or JSON object)."""
     if not isinstance(raw, Mapping):
         raise RulesError(where, "expected a table/object")
-    unknown = set(raw) - _RULE_KEYS
-    if unknown:
-        raise RulesError(where, f"unknown key(s) {sorted(unknown)}; expected {sorted(_RULE_KEYS)}")
+    _refuse_unknown_keys(raw, _RULE_KEYS, where)
     mtis = _strings(raw.get("mti"), f"{where}: mti")
     for mti in mtis:
         if len(mti) != 4 or not mti.isdigit():

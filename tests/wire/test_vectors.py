@@ -1,4 +1,5 @@
-"""The dialects against messages written by other people (../shared/vectors, see its README).
+"""The dialects against messages written by other people (tests/vectors, a copy of
+../shared/vectors: its README gives sources and licences).
 
 A valid vector must decode to the values the README lists and encode back to the identical
 bytes; the scanner must agree with the decoder on every field. A broken one must be a

@@ -18,7 +18,7 @@ import orjson
 import pytest
 import structlog
 
-from gateway.ops.logging import configure_logging
+from gateway.ops.logging import configure_logging, flush_logs
 from gateway.ops.mqtt import MqttPublisher
 from gateway.ops.sink import LogSink
 from gateway.sim.rules import Rule
@@ -136,6 +136,7 @@ async def test_no_card_secret_in_logs_or_mqtt_payloads(
         await publisher.stop()
         await clear_retained(host, port, f"{base}/status")
 
+    flush_logs()  # info lines linger up to 50 ms before they are written
     logs = all_logs.getvalue()
     payloads = [bytes(m.payload).decode() for m in subscriber.messages]  # type: ignore[arg-type]
     # The search is only worth something if the scenarios really ran and were captured.

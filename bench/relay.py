@@ -61,10 +61,10 @@ async def main(listen_port: int, upstream_host: str, upstream_port: int) -> None
 
 
 if __name__ == "__main__":
+    relay = main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3]))
     try:
         import uvloop
-
-        runner = uvloop.run
     except ImportError:
-        runner = asyncio.run
-    runner(main(int(sys.argv[1]), sys.argv[2], int(sys.argv[3])))
+        asyncio.run(relay)
+    else:
+        uvloop.run(relay)

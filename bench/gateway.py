@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.io import runtime
 from gateway.io.runtime import tune_gc
 from gateway.sim.terminals import Outcome, TerminalFleet
 
@@ -254,9 +255,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer and shorter runs")
     options = parser.parse_args()
-    try:
-        import uvloop
-
-        uvloop.run(main(options.quick))
-    except ImportError:
-        asyncio.run(main(options.quick))
+    runtime.run(main(options.quick))

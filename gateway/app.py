@@ -9,12 +9,8 @@ from typing import Protocol
 
 import structlog
 
-try:
-    import uvloop
-except ImportError:  # uvloop is optional (not on Windows): plain asyncio works, slower
-    uvloop = None  # type: ignore[assignment]
-
 from gateway.config import GatewayConfig
+from gateway.io import runtime
 from gateway.io.runtime import tune_gc
 from gateway.journal.sqlite import SqliteJournal
 from gateway.ops.journal_errors import JournalErrorLog
@@ -110,7 +106,4 @@ async def serve(config: GatewayConfig) -> None:
 def run(config: GatewayConfig) -> None:
     configure_logging(config.logging.level, config.logging.format)
     with contextlib.suppress(KeyboardInterrupt):
-        if uvloop is None:
-            asyncio.run(serve(config))
-        else:
-            uvloop.run(serve(config))
+        runtime.run(serve(config))

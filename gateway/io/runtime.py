@@ -1,30 +1,91 @@
 """Process settings for long-running services: the gateway and the simulators.
 
-CPython's cyclic garbage collector runs a young-generation pass every 700 container
-allocations and, now and then, a full pass over every object the process holds. A gateway at
-thousands of transactions a second holds a large, slowly turning heap (requests lingering for
-the duplicate window, reversals owed, the timer heap), so full passes take tens of
-milliseconds and land on some unlucky transaction's latency. Almost everything it frees is
-freed by reference counting, not by the cycle collector.
+CPython's cyclic garbage collector traverses every container object that survives a young
+pass again in each older pass. A gateway keeps each request for the duplicate window (60 s):
+about ten containers per request (the request, its authorization, the cached answer, index
+lists). With CPython's generational passes that heap is walked again and again: measured at
+3,000/s on 2 cores, a middle pass over the lingering requests stopped the event loop for
+590 ms, and a young pass with a high threshold for 30 ms every few seconds.
 
-``tune_gc()`` moves everything alive after start-up (imports, configuration, the recovered
-journal state) out of the collector's sight with ``gc.freeze()`` and makes passes rarer:
-measured at saturation on 2 cores, p99 latency 67-100 ms -> 18-31 ms and about a fifth less CPU
-per transaction (bench/README.md). Cycles are still collected, later.
+``tune_gc()`` makes every object the collector ever looks at be looked at once:
+
+- everything alive after start-up (imports, configuration, the recovered journal state) is
+  moved out of the collector's sight (``gc.freeze()``);
+- after each young pass (every 700 new containers, CPython's default: a pass takes ~0.2 ms),
+  whatever survived it is frozen too, so the older generations stay empty and no pass ever
+  walks the lingering requests. Frozen objects are still freed by reference counting as usual
+  when the gateway lets go of them.
+
+The price: a reference cycle that is still in use at its first young pass and becomes garbage
+later is never collected. The transaction path makes no cycles (tests/io/test_runtime.py
+drives transactions, timeouts, reversals and closed connections through a gateway and finds
+none), and neither do uvloop's transports; so what could leak is what rare paths build.
+``iso_gateway_gc_frozen_objects`` shows the frozen heap: it follows the traffic and the
+duplicate window, and must not only grow. Measured at saturation (bench/README.md): the
+longest collector pause 590 -> 4.5 ms, the collector's CPU -60%.
+
+On plain asyncio (no uvloop, e.g. on Windows) survivors are not frozen: each of asyncio's
+socket transports holds a reference cycle that only the collector frees, so every closed
+connection would leak. CPython's generational passes stay, with start-up frozen.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
-# Young passes every 50,000 allocations instead of 700; a middle pass every 20 of those; a
-# full pass only after 100 middle passes (and CPython's own rule: when the objects that
-# survived since the last full pass are a quarter of the heap).
-GC_THRESHOLDS = (50_000, 20, 100)
+try:
+    import uvloop
+except ImportError:  # optional (not on Windows): plain asyncio works, slower
+    uvloop = None  # type: ignore[assignment]
+
+_T = TypeVar("_T")
+
+# Young passes as often as CPython's default: short pauses, each object walked once.
+YOUNG_THRESHOLD = 700
 
 
-def tune_gc() -> None:
-    """Call once start-up is done, before serving traffic."""
+def run(main: Coroutine[Any, Any, _T]) -> _T:
+    """Run a service's main coroutine on uvloop when it is installed, else on asyncio."""
+    if uvloop is None:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def tune_gc(*, freeze_survivors: bool | None = None) -> None:
+    """Call once start-up is done, before serving traffic, on the loop that serves it.
+
+    ``freeze_survivors`` defaults to whether that loop is uvloop's (see the module docstring).
+    """
+    if freeze_survivors is None:
+        freeze_survivors = _on_uvloop()
     gc.collect()
     gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    # With survivors frozen the older generations stay empty, so their thresholds do not
+    # matter: CPython's defaults either way.
+    gc.set_threshold(YOUNG_THRESHOLD, 10, 10)
+    if freeze_survivors and _freeze_survivors not in gc.callbacks:
+        gc.callbacks.append(_freeze_survivors)
+
+
+def untune_gc() -> None:
+    """Back to CPython's collector (for tests and embedding; frozen objects stay frozen)."""
+    if _freeze_survivors in gc.callbacks:
+        gc.callbacks.remove(_freeze_survivors)
+    gc.set_threshold(700, 10, 10)
+
+
+def _on_uvloop() -> bool:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return type(loop).__module__.startswith("uvloop")
+
+
+def _freeze_survivors(phase: str, info: dict[str, Any]) -> None:
+    # "stop": the pass is over and its survivors sit in the older generations.
+    if phase == "stop":
+        gc.freeze()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,7 +30,7 @@ from importlib import metadata
 from typing import Any, Protocol
 
 import structlog
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -291,6 +292,12 @@ class GatewayCollector:
         yield from self._terminals(status)
         yield from self._journal()
         yield from self._mqtt()
+        yield GaugeMetricFamily(
+            PREFIX + "gc_frozen_objects",
+            "Objects out of the cyclic collector's sight (alive since start-up or past a young "
+            "pass); follows traffic x duplicate window.",
+            value=gc.get_freeze_count(),
+        )
 
     def _info(self) -> Iterator[Metric]:
         info = GaugeMetricFamily(
@@ -515,6 +522,7 @@ class MetricsEndpoint:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self.collector)
         ProcessCollector(registry=self.registry)  # process_* : CPU, memory, open files
+        GCCollector(registry=self.registry)  # python_gc_* : passes per generation
         self._server: asyncio.Server | None = None
 
     @property

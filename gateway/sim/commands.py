@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from gateway.cliutil import Failure, hostport_option
+from gateway.io import runtime
 from gateway.io.runtime import tune_gc
 from gateway.sim.acquirer import AcquirerSimulator
 from gateway.sim.rules import FaultRates, RulesError, SimSettings, load_settings
@@ -151,8 +152,9 @@ def acquirer(  # click passes options by name
         duplicate_reversal_code=code,
         ledger_file=ledger_file,
     )
-    # Plain asyncio: uvloop measured no faster here (codec work dominates, not I/O).
-    asyncio.run(_serve_acquirer(simulator, listen, ledger_http, faults))
+    # On uvloop, as the gateway, for its collector policy (gateway/io/runtime.py): the ledger
+    # grows with every approval.
+    runtime.run(_serve_acquirer(simulator, listen, ledger_http, faults))
 
 
 async def _serve_acquirer(
@@ -167,7 +169,7 @@ async def _serve_acquirer(
         await simulator.start(*listen, ledger_http=ledger_http)
     except OSError as error:
         raise Failure(f"cannot listen on {listen[0]}:{listen[1]}: {error.strerror}") from None
-    tune_gc()  # its ledger grows with every approval: the gateway's reasons apply
+    tune_gc()
     click.echo(
         f"acquirer simulator ({simulator.dialect.name}) listening on "
         f"{simulator.host}:{simulator.port}"

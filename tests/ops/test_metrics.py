@@ -8,6 +8,7 @@ histogram buckets) are tested without sockets.
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import shutil
 import subprocess
@@ -88,6 +89,13 @@ async def test_timeout_reversal_and_approval_move_the_counters(metered: MeteredF
     # Journal: the authorizations and the reversal were committed, in group commits.
     assert value(after, "iso_gateway_journal_commit_seconds_count") >= 1
     assert value(after, "iso_gateway_journal_commit_records_sum") >= 3
+    # The collector (gateway/io/runtime.py): frozen heap, and passes per generation.
+    assert after["iso_gateway_gc_frozen_objects"] == [({}, gc.get_freeze_count())]
+    assert {labels["generation"] for labels, _ in after["python_gc_collections_total"]} == {
+        "0",
+        "1",
+        "2",
+    }
 
     completed = [data for kind, data in gw.recorder.events if kind == "transaction_completed"]
     assert [data["outcome"] for data in completed] == ["timeout", "approved"]
@@ -175,7 +183,7 @@ async def test_format_errors_late_and_duplicate(metered: MeteredFactory) -> None
 # the exposition ----------------------------------------------------------------------------
 
 ALLOWED_LABELS = {"mti", "outcome", "reason", "result", "link", "side", "kind", "version"}
-ALLOWED_LABELS |= {"dialect", "le"}
+ALLOWED_LABELS |= {"dialect", "le", "generation"}
 
 
 async def test_labels_stay_low_cardinality_and_hold_no_card_data(metered: MeteredFactory) -> None:

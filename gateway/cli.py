@@ -209,7 +209,10 @@ def decode(
 
 def _config_from_flags(config_path: Path | None, overrides: dict[str, Any]) -> GatewayConfig:
     try:
-        return load_config(config_path, overrides={k: v for k, v in overrides.items() if v})
+        # A flag not given is None (or an empty tuple for a repeatable one); anything else,
+        # even 0 or "", is the operator's and is validated like the file's value.
+        given = {k: v for k, v in overrides.items() if v is not None and v != []}
+        return load_config(config_path, overrides=given)
     except ConfigError as error:
         raise Failure(str(error)) from None
 
@@ -258,7 +261,10 @@ def serve(
         get_dialect(config.gateway.dialect, config.gateway.specs_dirs)
     except DialectError as error:
         raise Failure(str(error)) from None
-    run(config)
+    try:
+        run(config)
+    except ConfigError as error:  # what only the dialect shows (the link's own 0800s)
+        raise Failure(str(error)) from None
 
 
 # saf: the store-and-forward queue of reversals -----------------------------------------------

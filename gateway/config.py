@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -21,10 +21,12 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
 from gateway.core.settings import CoreSettings
+from gateway.wire.framing import TPDU_LENGTH, Framing
 
 ENV_PREFIX = "ISO_GATEWAY__"
 
@@ -42,6 +44,13 @@ def parse_hostport(value: str, *, what: str = "address") -> tuple[str, int]:
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _at_least_min(reconnect_max: float, info: ValidationInfo) -> float:
+    reconnect_min = info.data.get("reconnect_min")  # absent when it was invalid itself
+    if reconnect_min is not None and reconnect_max < reconnect_min:
+        raise ValueError(f"shorter than reconnect_min ({reconnect_min})")
+    return reconnect_max
 
 
 class GatewaySection(_Section):
@@ -62,14 +71,19 @@ class GatewaySection(_Section):
 class AcquirerSection(_Section):
     # Failover order: the first address is the primary, the others are tried when it fails.
     addresses: list[str] = Field(default_factory=lambda: ["127.0.0.1:9000"], min_length=1)
-    connections: int = Field(1, ge=1, le=64)  # parallel links, every terminal multiplexed on them
+    # Links kept open: all terminals share the first one up; the others stand by, warm.
+    connections: int = Field(1, ge=1, le=64)
     timeout: float = Field(15.0, gt=0)  # must be shorter than the terminals' own timeout
     connect_timeout: float = Field(5.0, gt=0)
     reconnect_min: float = Field(0.5, gt=0)
-    reconnect_max: float = Field(30.0, gt=0)
+    reconnect_max: float = Field(30.0, gt=0, validate_default=True)
     echo_interval: float = Field(30.0, ge=0)  # idle seconds before an echo test; 0 = off
     echo_timeout: float = Field(10.0, gt=0)  # unanswered echo: the link is declared dead
     sign_on: bool = False  # send 0800 DE 70 001 after connecting, link up only once answered
+    # The TPDU and header (hex) of the link's own 0800s (echo test, sign-on), for dialects
+    # whose framing has them; requests and reversals carry their terminal's own.
+    tpdu: str = ""
+    header: str = ""
     stan_mode: Literal["passthrough", "rewrite"] = "passthrough"
     max_in_flight: int = Field(10_000, gt=0)
 
@@ -80,10 +94,49 @@ class AcquirerSection(_Section):
             parse_hostport(address, what="acquirer address")
         return value
 
+    @field_validator("tpdu", "header")
+    @classmethod
+    def _check_hex(cls, value: str) -> str:
+        try:
+            bytes.fromhex(value)
+        except ValueError:
+            raise ValueError("must be hex digits, two per byte") from None
+        return value
+
+    @field_validator("reconnect_max")
+    @classmethod
+    def _check_backoff(cls, value: float, info: ValidationInfo) -> float:
+        return _at_least_min(value, info)
+
+    def own_frame_parts(self, framing: Framing) -> tuple[bytes, bytes] | None:
+        """The TPDU and header of the link's own 0800s in this framing; None when the framing
+        needs parts that are not configured (then the link sends no echo tests). Raises
+        ConfigError for a part of the wrong length, or a sign-on that cannot be sent."""
+        parts = {"tpdu": bytes.fromhex(self.tpdu), "header": bytes.fromhex(self.header)}
+        wanted = {"tpdu": TPDU_LENGTH if framing.tpdu else 0, "header": framing.header_length}
+        for key, part in parts.items():
+            if part and len(part) != wanted[key]:
+                raise ConfigError(
+                    f"acquirer.{key}: {len(part)} bytes, the dialect's framing wants {wanted[key]}"
+                )
+        missing = [
+            f"acquirer.{key} ({wanted[key]} bytes)"
+            for key in parts
+            if not parts[key] and wanted[key]
+        ]
+        if not missing:
+            return parts["tpdu"], parts["header"]
+        if self.sign_on:
+            raise ConfigError(
+                f"acquirer.sign_on: the link's own 0800 needs {' and '.join(missing)} in this "
+                "dialect's framing (hex)"
+            )
+        return None
+
 
 class ReversalSection(_Section):
     timeout: float = Field(10.0, gt=0)  # wait for 0410/0430 before repeating
-    retry_delays: list[float] = Field(
+    retry_delays: list[Annotated[float, Field(ge=0)]] = Field(
         default_factory=lambda: [5.0, 10.0, 30.0, 60.0, 300.0], min_length=1
     )
     max_attempts: int = Field(20, ge=1)
@@ -134,7 +187,12 @@ class MqttSection(_Section):
     event_qos: int = Field(0, ge=0, le=2)
     keepalive: int = Field(30, gt=0)
     reconnect_min: float = Field(0.5, gt=0)
-    reconnect_max: float = Field(30.0, gt=0)
+    reconnect_max: float = Field(30.0, gt=0, validate_default=True)
+
+    @field_validator("reconnect_max")
+    @classmethod
+    def _check_backoff(cls, value: float, info: ValidationInfo) -> float:
+        return _at_least_min(value, info)
 
     @field_validator("url")
     @classmethod
@@ -274,5 +332,7 @@ def _describe(error: ValidationError, path: Path | None) -> str:
         message = problem["msg"]
         if problem["type"] == "extra_forbidden":
             message = "unknown key"
+        elif problem["type"] == "value_error":  # our validators' own words, without pydantic's
+            message = message.removeprefix("Value error, ")
         lines.append(f"{where}{key}: {message}")
     return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -111,6 +111,7 @@ class GatewayService:
             echo_interval=config.acquirer.echo_interval,
             echo_timeout=config.acquirer.echo_timeout,
             sign_on=config.acquirer.sign_on,
+            own_frame_parts=config.acquirer.own_frame_parts(dialect.framing),
         )
         self.links = {
             link_id: AcquirerLink(link_id, link_settings, dialect.framing, self.codec, self)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from gateway.cli import cli
 from gateway.config import ConfigError, GatewayConfig, load_config, parse_hostport
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,6 +56,10 @@ def test_environment_lists_are_json() -> None:
         ('[gateway]\nlisten = "nowhere"\n', "gateway.listen:"),
         ('[journal]\ndurability = "maybe"\n', "journal.durability:"),
         ("[reversal]\nretry_delays = []\n", "reversal.retry_delays:"),
+        ("[reversal]\nretry_delays = [5, -1]\n", "reversal.retry_delays.1: Input should be"),
+        ("[acquirer]\nreconnect_max = 0.1\n", "acquirer.reconnect_max: shorter than reconnect_min"),
+        ("[mqtt]\nreconnect_min = 60\n", "mqtt.reconnect_max: shorter than reconnect_min (60.0)"),
+        ('[acquirer]\nheader = "0x16"\n', "acquirer.header: must be hex digits, two per byte"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, toml: str, expected: str) -> None:
@@ -80,3 +86,9 @@ def test_parse_hostport() -> None:
     assert parse_hostport("[::1]:9000") == ("::1", 9000)
     with pytest.raises(ValueError, match="HOST:PORT"):
         parse_hostport("127.0.0.1")
+
+
+def test_flags_given_as_zero_are_validated_not_dropped() -> None:
+    result = CliRunner().invoke(cli, ["serve", "--acquirer-timeout", "0"])
+    assert result.exit_code != 0
+    assert "acquirer.timeout: Input should be greater than 0" in result.output

@@ -17,6 +17,7 @@ from typing import Protocol
 
 import structlog
 
+from gateway.config import ConfigError
 from gateway.core.clock import transmission_time
 from gateway.io.framed import FramedProtocol
 from gateway.wire.codec import Codec, CodecError, FieldView
@@ -37,6 +38,9 @@ class LinkSettings:
     echo_interval: float = 30.0  # 0 = no echo tests
     echo_timeout: float = 10.0
     sign_on: bool = False
+    # TPDU and header of the link's own 0800s; None: the framing needs parts nobody configured
+    # (acquirer.tpdu / acquirer.header), so the link sends none (no echo tests).
+    own_frame_parts: tuple[bytes, bytes] | None = (b"", b"")
 
 
 class LinkListener(Protocol):
@@ -88,6 +92,13 @@ class AcquirerLink:
         self.reconnects = 0
         self.echo_failures = 0
         self._task: asyncio.Task[None] | None = None
+        # Whether it can send its own 0800s at all: framing parts known, DE 70 in the dialect.
+        why_not = self._why_no_network_management()
+        self._echo_interval = settings.echo_interval if why_not is None else 0.0
+        if why_not is not None and settings.sign_on:
+            raise ConfigError(f"acquirer.sign_on: no sign-on can be sent: {why_not}")
+        if why_not is not None and settings.echo_interval > 0:
+            log.warning("acquirer_echo_off", link=link_id, reason=why_not)
 
     # public -------------------------------------------------------------------------------
 
@@ -192,7 +203,7 @@ class AcquirerLink:
 
     async def _keep_alive(self, protocol: _LinkProtocol) -> None:
         """Echo-test an idle link; an unanswered echo declares it dead."""
-        interval = self.settings.echo_interval
+        interval = self._echo_interval
         while protocol.is_open:
             if interval <= 0:
                 await protocol.closed
@@ -215,16 +226,15 @@ class AcquirerLink:
             return False
         self._stan = self._stan % 999_999 + 1
         stan = f"{self._stan:06d}"
+        tpdu, header = self.settings.own_frame_parts or (b"", b"")
         try:
-            message = self._codec.encode(
-                "0800", {"7": transmission_time(time.time()), "11": stan, "70": code}
-            )
-        except CodecError as error:
-            log.error("network_management_not_encodable", link=self.link_id, error=str(error))
-            return code == ECHO_TEST  # a dialect without DE 70: no echo tests, link stays up
+            frame = Frame(self._network_message(stan, code), tpdu, header)
+            protocol.write_frame(frame)
+        except (CodecError, ValueError) as error:  # checked at start: not expected here
+            log.error("network_management_not_sent", link=self.link_id, error=str(error))
+            return False  # treated as unanswered: the link reconnects, after a backoff
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._own_stans[stan] = future
-        protocol.write_frame(Frame(message))
         try:
             response_code = await asyncio.wait_for(future, self.settings.echo_timeout)
         except (TimeoutError, asyncio.CancelledError):
@@ -232,6 +242,19 @@ class AcquirerLink:
         finally:
             self._own_stans.pop(stan, None)
         return response_code == "00"
+
+    def _network_message(self, stan: str, code: str) -> bytes:
+        fields = {"7": transmission_time(time.time()), "11": stan, "70": code}
+        return self._codec.encode("0800", fields)
+
+    def _why_no_network_management(self) -> str | None:
+        if self.settings.own_frame_parts is None:
+            return "the dialect's framing needs acquirer.tpdu / acquirer.header for it"
+        try:
+            self._network_message("000001", ECHO_TEST)
+        except CodecError as error:
+            return f"the dialect cannot encode an 0800 with DE 7, 11 and 70 ({error})"
+        return None
 
     # incoming -----------------------------------------------------------------------------
 

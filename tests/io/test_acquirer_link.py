@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import socket
+import time
 from pathlib import Path
 
+import pytest
+
+from gateway.app import build_service
+from gateway.config import ConfigError, load_config
 from gateway.sim.acquirer import AcquirerSimulator
 from gateway.sim.rules import Rule
 
@@ -100,3 +106,81 @@ async def test_unanswered_echo_declares_the_link_dead(make_stack: StackFactory) 
     await asyncio.sleep(0.8)
     assert link.is_up and link.echo_failures == 1
     assert stack.requests_seen("0800") >= 3
+
+
+async def test_no_echo_tests_without_the_tpdu_and_header(make_stack: StackFactory) -> None:
+    """CUP POS frames carry a TPDU and a header, which no terminal lends the link's own 0800:
+    without acquirer.tpdu / acquirer.header it sends none, and stays up (such an 0800 once
+    raised inside the link and left it hanging)."""
+    faulthandler.dump_traceback_later(60, exit=True)  # a blocked loop would hang the run
+    try:
+        stack = await make_stack(dialect="cup-pos", **{"acquirer.echo_interval": 0.05})
+        await stack.links_up()
+        started = time.monotonic()
+        await asyncio.sleep(0.3)  # idle for six intervals
+        assert time.monotonic() - started < 2.0, "the event loop was blocked"
+        link = stack.service.links[1]
+        assert link.is_up and link.echo_failures == 0 and link.reconnects == 0
+        assert stack.requests_seen("0800") == 0
+        # The acquirer goes away and comes back: the link reconnects (the link that had
+        # raised never did).
+        await stack.simulator.pause()
+        await stack.settle(lambda: not link.is_up, what="the link down")
+        await stack.simulator.resume()
+        await stack.settle(lambda: link.is_up and link.reconnects == 1, what="the reconnect")
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+async def test_echo_tests_carry_the_configured_header(make_stack: StackFactory) -> None:
+    """Visa BASE I frames carry a 24-byte header: the link's own 0800s use acquirer.header."""
+    header = "16010200" + "00" * 20
+    stack = await make_stack(
+        dialect="visa-base1",
+        **{"acquirer.echo_interval": 0.1, "acquirer.echo_timeout": 0.5, "acquirer.header": header},
+    )
+    await stack.links_up()
+    await stack.settle(lambda: stack.requests_seen("0800") >= 3, what="three echo tests")
+    link = stack.service.links[1]
+    assert link.is_up and link.echo_failures == 0 and link.reconnects == 0
+
+
+async def test_without_the_header_a_visa_link_sends_no_echo(make_stack: StackFactory) -> None:
+    stack = await make_stack(dialect="visa-base1", **{"acquirer.echo_interval": 0.05})
+    await stack.links_up()
+    await asyncio.sleep(0.3)
+    link = stack.service.links[1]
+    assert link.is_up and link.reconnects == 0 and stack.requests_seen("0800") == 0
+
+
+@pytest.mark.parametrize(
+    ("dialect", "settings", "message"),
+    [
+        ("cup-pos", {"acquirer.sign_on": True}, "acquirer.sign_on: the link's own 0800 needs"),
+        (
+            "no-de70",
+            {"acquirer.sign_on": True},
+            "acquirer.sign_on: no sign-on can be sent: the dialect cannot encode an 0800",
+        ),
+        ("visa-base1", {"acquirer.header": "00" * 22}, "acquirer.header: 22 bytes"),
+        ("iso87-binary", {"acquirer.tpdu": "6000010000"}, "acquirer.tpdu: 5 bytes"),
+    ],
+)
+def test_own_messages_that_cannot_be_sent_are_refused_at_start(
+    dialect: str, settings: dict[str, object], message: str, tmp_path: Path
+) -> None:
+    # A dialect whose DE 70 cannot hold a network management code.
+    (tmp_path / "no-de70.toml").write_text(
+        'name = "no-de70"\nextends = "iso87-binary"\n[spec]\n"70" = { data_enc = "ascii", '
+        'len_enc = "ascii", len_type = 0, max_len = 2, desc = "too short" }\n'
+    )
+    overrides = {
+        "gateway.dialect": dialect,
+        "gateway.specs_dirs": [tmp_path],
+        "gateway.data_dir": tmp_path,
+        **settings,
+    }
+    config = load_config(None, environ={}, overrides=overrides)
+    with pytest.raises(ConfigError) as raised:
+        build_service(config)  # as `iso-gateway serve` builds it
+    assert str(raised.value).startswith(message)

@@ -30,6 +30,7 @@ from gateway.core.commands import (
     Notify,
     Persist,
     ReplyToTerminal,
+    ReserveStans,
     SendToAcquirer,
 )
 from gateway.core.engine import GatewayCore
@@ -45,6 +46,7 @@ from gateway.core.events import (
     TerminalRequest,
 )
 from gateway.core.mti import classify
+from gateway.core.stan import STAN_MAX, seed_after
 from gateway.io.acquirer_link import AcquirerLink, LinkSettings
 from gateway.io.tap import FrameTap
 from gateway.io.terminals import TerminalConnection, TerminalServer
@@ -56,6 +58,8 @@ from gateway.wire.dialect import Dialect
 from gateway.wire.framing import Frame, FramingError, swap_tpdu
 
 log = structlog.get_logger("gateway.service")
+# Journal meta: the last STAN of the allocator's reserved block (see gateway/core/stan.py).
+STAN_META_KEY = "last_stan"
 
 REQUEUE_POLL_SECONDS = 1.0
 PRUNE_EVERY_SECONDS = 3600.0
@@ -140,7 +144,7 @@ class GatewayService:
         await self.journal.start()
         authorizations, reversals = await self.journal.load_open()
         next_txn_id, next_reversal_id = await self.journal.next_ids()
-        last_stan = await self.journal.get_meta("last_stan")
+        last_stan = await self.journal.get_meta(STAN_META_KEY)
         now = time.time()
         self.core = GatewayCore(
             self.dialect,
@@ -150,7 +154,7 @@ class GatewayService:
             open_reversals=reversals,
             next_txn_id=next_txn_id,
             next_reversal_id=next_reversal_id,
-            stan_seed=int(last_stan) % 999_999 + 1 if last_stan else int(now) % 999_999 + 1,
+            stan_seed=seed_after(last_stan, int(now) % STAN_MAX + 1),
         )
         self.journal.on_commit(self._release_sends)
         if authorizations or reversals:
@@ -266,6 +270,9 @@ class GatewayService:
                 if command.kind == notices.TRANSACTION_COMPLETED and self._written_at:
                     data = self._with_latencies(data)
                 self.sink.notify(command.kind, data)
+            elif isinstance(command, ReserveStans):
+                # Like a Persist: what follows waits for it to be durable.
+                self._last_persist_seq = self.journal.put_meta(STAN_META_KEY, command.last_stan)
 
     def _send_to_acquirer(
         self, link_id: int, frame: Frame, arrival: _Arrival | None = None

@@ -77,6 +77,21 @@ class Notify:
     data: Mapping[str, Any] = field(default_factory=dict)
 
 
+@snapshot
+class ReserveStans:
+    """Store (like a Persist: before any send that follows it) the last STAN of the block the
+    allocator has started; after a restart allocation resumes past it, so no STAN sent by an
+    earlier run is sent again while the acquirer may still remember it."""
+
+    last_stan: str
+
+
 Command = (
-    Persist | ForwardToAcquirer | SendToAcquirer | ForwardToTerminal | ReplyToTerminal | Notify
+    Persist
+    | ForwardToAcquirer
+    | SendToAcquirer
+    | ForwardToTerminal
+    | ReplyToTerminal
+    | Notify
+    | ReserveStans
 )

@@ -39,6 +39,7 @@ from gateway.core.commands import (
     Notify,
     Persist,
     ReplyToTerminal,
+    ReserveStans,
     SendToAcquirer,
 )
 from gateway.core.events import (
@@ -180,6 +181,7 @@ class GatewayCore:
                 out.append(Persist(auth.record()))
         self._in_doubt = []
         self._drain(now)
+        self._reserve_stans(out)
         return out
 
     def handle(self, event: Event, now: float) -> list[Command]:
@@ -200,6 +202,7 @@ class GatewayCore:
             self._on_reversal_requeued(event, now, out)
         else:
             raise TypeError(f"GatewayCore.handle: unknown event type {type(event).__name__}")
+        self._reserve_stans(out)
         return out
 
     def on_timer(self, now: float) -> list[Command]:
@@ -212,7 +215,14 @@ class GatewayCore:
                 self._on_reversal_timer(target, now, out)
             else:
                 self._forget_auth_if_done(target, now)
+        self._reserve_stans(out)
         return out
+
+    def _reserve_stans(self, out: list[Command]) -> None:
+        """A new block of STANs was started: its reservation goes first, before any send."""
+        reservation = self._stans.take_reservation()
+        if reservation is not None:
+            out.insert(0, ReserveStans(reservation))
 
     def next_deadline(self) -> float | None:
         return self._timers.next_deadline()

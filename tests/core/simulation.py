@@ -32,6 +32,7 @@ from gateway.core.commands import (
     Notify,
     Persist,
     ReplyToTerminal,
+    ReserveStans,
     SendToAcquirer,
 )
 from gateway.core.engine import GatewayCore
@@ -56,6 +57,7 @@ from gateway.core.records import (
 )
 from gateway.core.reversal import original_data_elements
 from gateway.core.settings import CoreSettings
+from gateway.core.stan import seed_after
 from gateway.wire.dialect import Dialect, ReversalRules
 from gateway.wire.framing import Frame
 
@@ -294,6 +296,9 @@ class Simulation:
         self.frames: dict[bytes, Msg] = {}
         self.journal: list[AuthorizationRecord | ReversalRecord] = []
         self.durable = 0
+        # ReserveStans puts: (journal length when put, last STAN of the block)
+        self.stan_reservations: list[tuple[int, str]] = []
+        self.rewritten_stans: dict[str, int] = {}  # STAN -> incarnation that first sent it
         self.incarnation = 0
         self.crash_epoch = 0
         self.link_up = dict.fromkeys(LINKS, True)
@@ -388,7 +393,10 @@ class Simulation:
             open_reversals=revs,
             next_txn_id=next_txn_id,
             next_reversal_id=next_reversal_id,
-            stan_seed=self.rng.randrange(1, 999_999),
+            stan_seed=seed_after(
+                self.stan_reservations[-1][1] if self.stan_reservations else None,
+                self.rng.randrange(1, 999_999),
+            ),
         )
 
     def _to_core(self, event: Event, incarnation: int | None = None) -> None:
@@ -414,9 +422,12 @@ class Simulation:
                     )
                 if isinstance(record, ReversalRecord) and record.state is ReversalState.SENT:
                     sending = record
+            elif isinstance(command, ReserveStans):
+                self.stan_reservations.append((len(self.journal), command.last_stan))
             elif isinstance(command, ForwardToAcquirer):
                 self.durable = len(self.journal)
                 msg = self.frames[command.frame.message]
+                self._check_rewritten_stan(command.replace.get("11"))
                 fields = {**msg.fields, **command.replace}
                 if msg.mti[1] in "12":
                     self._count_forward(msg)
@@ -450,6 +461,15 @@ class Simulation:
                 self._check_notice(command)
         for result in results:
             self._to_core(result)
+
+    def _check_rewritten_stan(self, stan: str | None) -> None:
+        """A STAN the gateway allocated is never sent again by a restarted gateway (the
+        acquirer may still remember it): allocation resumes past the journaled reservation."""
+        if stan is None:
+            return
+        first = self.rewritten_stans.setdefault(stan, self.incarnation)
+        if first != self.incarnation:
+            self.violations.append(f"STAN {stan} of incarnation {first} sent again after a restart")
 
     def _count_forward(self, msg: Msg) -> None:
         """A request is never forwarded twice (by one core: a restart forgets duplicates)."""
@@ -564,6 +584,7 @@ class Simulation:
         lost = self.journal[keep:]
         self.journal = self.journal[:keep]
         self.durable = keep
+        self.stan_reservations = [r for r in self.stan_reservations if r[0] <= keep]
         self._log(f"CRASH: {len(lost)} journal records lost")
         for record in lost:
             if isinstance(record, AuthorizationRecord) and record.state is AuthState.DELIVERED:

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from gateway.core.commands import ForwardToAcquirer, ForwardToTerminal, Notify, Persist
+from gateway.core.commands import (
+    ForwardToAcquirer,
+    ForwardToTerminal,
+    Notify,
+    Persist,
+    ReserveStans,
+)
 from gateway.core.records import AuthorizationRecord, AuthState
+from gateway.core.stan import RESERVATION_BLOCK
 
 from .helpers import (
     PAN,
@@ -14,6 +21,7 @@ from .helpers import (
     forwards,
     make_dialect,
     notices,
+    of_type,
     records,
     replies,
     sale,
@@ -204,6 +212,15 @@ def test_stan_rewrite_allocates_and_restores() -> None:
     assert reply.conn_id == 2 and reply.replace == {"11": "000001"}
     out = h.respond({"11": "000500", "39": "00", "38": "X"})
     assert to_terminal(out)[0].conn_id == 1 and to_terminal(out)[0].replace == {"11": "000001"}
+
+
+def test_a_new_block_of_stans_is_journaled_before_its_first_send() -> None:
+    h = Harness(settings(stan_mode="rewrite"), stan_seed=500)
+    out = h.request(sale("000001"))
+    kinds = [type(command) for command in out]
+    assert kinds.index(ReserveStans) < kinds.index(ForwardToAcquirer)
+    assert of_type(out, ReserveStans) == [ReserveStans(f"{500 + RESERVATION_BLOCK - 1:06d}")]
+    assert not of_type(h.request(sale("000002")), ReserveStans)  # inside the block
 
 
 def test_stan_rewrite_wraps_after_999999() -> None:

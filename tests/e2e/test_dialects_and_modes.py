@@ -77,3 +77,24 @@ async def test_graceful_restart_reverses_what_was_in_flight(make_stack: StackFac
     assert "reversal_owed" in kinds
     holds = stack.holds()
     assert len(holds) == 1 and holds[0].released and holds[0].duplicate_reversals == 0
+
+
+async def test_stan_rewrite_resumes_past_its_stans_after_a_restart(
+    make_stack: StackFactory,
+) -> None:
+    """The acquirer matches on the gateway's STANs: a restarted gateway must not send one it
+    sent before (once, the allocator restarted from the clock: one a second, behind)."""
+    stack = await make_stack(**{"acquirer.stan_mode": "rewrite"})
+    await stack.links_up()
+    terminal = await stack.terminal()
+    for stan in range(1, 6):
+        assert (await terminal.send("0200", auth(stan))).get("39") == "00"  # type: ignore[union-attr]
+    before = {hold.key.stan for hold in stack.holds()}
+    await stack.restart_gateway()
+    await stack.links_up()
+    terminal = await stack.terminal()
+    for stan in range(6, 11):
+        assert (await terminal.send("0200", auth(stan))).get("39") == "00"  # type: ignore[union-attr]
+    # Reused STANs would have been taken by the host for resends of the first five.
+    after = {hold.key.stan for hold in stack.holds()} - before
+    assert len(before) == 5 and len(after) == 5, "a restarted gateway sent its STANs again"

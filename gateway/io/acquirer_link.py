@@ -1,8 +1,8 @@
 """One link to the acquirer: connect with backoff and failover, sign on, echo test when idle.
 
 The link owns only the connection. Financial messages go to the listener (the service), which
-hands them to the core; the link consumes just the answers to its own network management
-messages (0810 for its echo tests and sign-on).
+hands them to the core; the link consumes just network management: the answers to its own
+echo tests and sign-on (0810), and the acquirer's own 0800s, which it answers.
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ from gateway.config import ConfigError
 from gateway.core.clock import transmission_time
 from gateway.io.framed import FramedProtocol
 from gateway.wire.codec import Codec, CodecError, FieldView
-from gateway.wire.framing import Frame, Framing, FramingError
+from gateway.wire.framing import Frame, Framing, FramingError, swap_tpdu
 
 log = structlog.get_logger("gateway.acquirer_link")
 
 ECHO_TEST = "301"
 SIGN_ON = "001"
+SIGN_OFF = "002"
+# DE 70 of an acquirer's 0800 that the link answers 00 itself.
+_ANSWERED_NETWORK_CODES = frozenset({ECHO_TEST, SIGN_ON, SIGN_OFF})
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +277,31 @@ class AcquirerLink:
                 if not future.done():
                     future.set_result(view.get("39") or "")
                 return
+        if mti == "0800":
+            self._answer_network_management(frame, view)
+            return
         self._listener.on_link_message(self, frame, view)
+
+    def _answer_network_management(self, frame: Frame, view: FieldView) -> None:
+        """The acquirer's own 0800: an echo test (or its sign-on/off) is answered 0810 with
+        00, as a host drops a link that leaves its echo tests unanswered; anything else (key
+        exchange, ...) is refused with 12, which this gateway does not manage."""
+        code = view.get("70") or ""
+        response_code = "00" if code in _ANSWERED_NETWORK_CODES else "12"
+        fields = {key: value for key in ("7", "11", "70") if (value := view.get(key))}
+        fields["39"] = response_code
+        try:
+            message = self._codec.encode("0810", fields)
+            tpdu = swap_tpdu(frame.tpdu) if frame.tpdu else b""
+            if self._protocol is not None:
+                self._protocol.write_frame(Frame(message, tpdu, frame.header))
+        except (CodecError, ValueError) as error:
+            log.warning(
+                "acquirer_network_management_unanswered", link=self.link_id, error=str(error)
+            )
+            return
+        if response_code != "00":
+            log.warning("acquirer_network_management_refused", link=self.link_id, code=code)
 
     def _on_disconnected(self) -> None:
         log.info("acquirer_disconnected", link=self.link_id)

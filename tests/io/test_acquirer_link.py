@@ -14,6 +14,9 @@ from gateway.app import build_service
 from gateway.config import ConfigError, load_config
 from gateway.sim.acquirer import AcquirerSimulator
 from gateway.sim.rules import Rule
+from gateway.wire.codec import Codec
+from gateway.wire.dialect import get_dialect
+from gateway.wire.framing import Frame, encode_frame
 
 from ..e2e.harness import StackFactory, auth
 
@@ -184,3 +187,35 @@ def test_own_messages_that_cannot_be_sent_are_refused_at_start(
     with pytest.raises(ConfigError) as raised:
         build_service(config)  # as `iso-gateway serve` builds it
     assert str(raised.value).startswith(message)
+
+
+async def test_the_acquirers_own_echo_tests_are_answered(make_stack: StackFactory) -> None:
+    """A host that echo-tests the gateway and drops links that do not answer."""
+    dialect = get_dialect("iso87-binary")
+    codec = Codec(dialect)
+    connected: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    host = await asyncio.start_server(lambda r, w: connected.put_nowait((r, w)), "127.0.0.1", 0)
+    port = host.sockets[0].getsockname()[1]
+    try:
+        stack = await make_stack(**{"acquirer.addresses": [f"127.0.0.1:{port}"]})
+        reader, writer = await asyncio.wait_for(connected.get(), 10)
+        await stack.links_up()
+        answers = []
+        for stan, code in (("000101", "301"), ("000102", "161")):  # echo; a key change
+            request = {"7": "1126040000", "11": stan, "70": code}
+            writer.write(encode_frame(dialect.framing, Frame(codec.encode("0800", request))))
+            length = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), 5), "big")
+            answers.append(codec.decode(await reader.readexactly(length)))
+        echo, key_change = answers
+        assert echo.mti == "0810" and dict(echo.fields) == {
+            "7": "1126040000",
+            "11": "000101",
+            "70": "301",
+            "39": "00",
+        }
+        assert key_change.mti == "0810" and key_change.fields["39"] == "12"
+        assert stack.service.links[1].is_up
+        assert stack.service.counters.acquirer_format_errors == 0
+        writer.close()
+    finally:
+        host.close()

@@ -71,8 +71,9 @@ class GatewaySection(_Section):
 class AcquirerSection(_Section):
     # Failover order: the first address is the primary, the others are tried when it fails.
     addresses: list[str] = Field(default_factory=lambda: ["127.0.0.1:9000"], min_length=1)
-    # Links kept open: all terminals share the first one up; the others stand by, warm.
+    # Links kept open, shared by all terminals; `strategy` picks the link of each message.
     connections: int = Field(1, ge=1, le=64)
+    strategy: Literal["primary", "round_robin"] = "primary"
     timeout: float = Field(15.0, gt=0)  # must be shorter than the terminals' own timeout
     connect_timeout: float = Field(5.0, gt=0)
     reconnect_min: float = Field(0.5, gt=0)
@@ -268,6 +269,7 @@ class GatewayConfig(_Section):
             duplicate_window=self.duplicates.window,
             late_decline_cancels=self.reversal.late_decline_cancels,
             stan_mode=self.acquirer.stan_mode,
+            link_strategy=self.acquirer.strategy,
             reversal_drain_rate=self.reversal.drain_rate,
             max_in_flight=self.acquirer.max_in_flight,
         )

@@ -11,7 +11,7 @@ that one stuck reversal never holds up another.
 
 Choices where the rules leave room:
 
-- Link choice: primary first, the lowest ``link_id`` that is up.
+- Link choice: the lowest ``link_id`` that is up, or each link up in turn (``link_strategy``).
 - Approval: DE 39 in ``settings.approval_codes``; anything else (or no DE 39) is a decline.
 - A response is found by its MTI and DE 11 (one dict lookup), then compared on the other
   match fields both sides carry; a request still awaiting its answer wins over one answered.
@@ -141,7 +141,10 @@ class GatewayCore:
         self._next_delivery_ref = 1
 
         self._links_up: set[int] = set()
-        self._primary: int | None = None
+        self._primary: int | None = None  # the lowest link up; None: no link is up
+        self._round_robin = settings.link_strategy == "round_robin"
+        self._turns: tuple[int, ...] = ()  # the links up, in order, for round_robin
+        self._turn = 0
         self._pacer = DrainPacer(settings.reversal_drain_rate, now)
         self._timers: TimerHeap[_Timed] = TimerHeap()
 
@@ -341,8 +344,7 @@ class GatewayCore:
         fields = event.fields
         base = info.base
         frame = event.frame
-        link_id = self._primary
-        assert link_id is not None
+        link_id = self._next_link()
         terminal_stan = fields.get("11")
         acquirer_stan = terminal_stan
         replace = restore = _NO_REPLACE
@@ -681,15 +683,27 @@ class GatewayCore:
             if auth.reversal is not None:  # notices are read once this step returns
                 data["reversal_id"] = auth.reversal.reversal_id
 
+    def _next_link(self) -> int:
+        """The link for the next message (one must be up): see ``CoreSettings.link_strategy``."""
+        assert self._primary is not None
+        if not self._round_robin:
+            return self._primary
+        self._turn += 1
+        return self._turns[self._turn % len(self._turns)]
+
+    def _links_changed(self) -> None:
+        self._turns = tuple(sorted(self._links_up))
+        self._primary = self._turns[0] if self._turns else None
+
     def _on_link_up(self, event: LinkUp, now: float) -> None:
         self._links_up.add(event.link_id)
-        self._primary = min(self._links_up)
+        self._links_changed()
         self._drain(now)
 
     def _on_link_down(self, event: LinkDown, now: float, out: list[Command]) -> None:
         link_id = event.link_id
         self._links_up.discard(link_id)
-        self._primary = min(self._links_up) if self._links_up else None
+        self._links_changed()
         for pending in [p for p in self._awaiting if p.link_id == link_id]:
             self._give_up(pending, ReversalReason.LINK_LOST, now, out)
         for rev in list(self._reversals.values()):
@@ -787,8 +801,7 @@ class GatewayCore:
     ) -> Reversal:
         """The terminal's own reversal goes upstream and becomes THE reversal of its original;
         if it is not acknowledged the gateway repeats it like one of its own."""
-        link_id = self._primary
-        assert link_id is not None
+        link_id = self._next_link()
         fields = event.fields
         rev = self._open_terminal_reversal(event, auth, now, out)
         replace: dict[str, str] = {}
@@ -977,8 +990,7 @@ class GatewayCore:
         return rev
 
     def _send_attempt(self, rev: Reversal, now: float, out: list[Command]) -> None:
-        link_id = self._primary
-        assert link_id is not None
+        link_id = self._next_link()
         self._mark_sent(rev, link_id, now, out)
         message = {**rev.fields, "7": transmission_time(now)}
         mti = attempt_mti(rev.mti, rev.attempts)

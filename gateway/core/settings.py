@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 StanMode = Literal["passthrough", "rewrite"]
+LinkStrategy = Literal["primary", "round_robin"]
 
 
 class SettingsError(ValueError):
@@ -37,6 +38,9 @@ class CoreSettings:
     late_decline_cancels: bool = True
     # "rewrite": DE 11 towards the acquirer is a gateway-unique STAN, restored in the answer.
     stan_mode: StanMode = "passthrough"
+    # Which link up a message goes on: "primary", the lowest-numbered (the others stand by);
+    # "round_robin", each in turn (the load spread over every connection).
+    link_strategy: LinkStrategy = "primary"
     # Owed reversals waiting for a link leave at most this many per second once one is up.
     reversal_drain_rate: float = 50.0
     # Requests awaiting the acquirer beyond this are declined at once (never forwarded).

@@ -280,8 +280,11 @@ class Simulation:
         self.faults = faults or Faults()
         self.dialect = dialect_variant(self.rng)
         self.stan_mode = "rewrite" if self.rng.random() < 0.35 else "passthrough"
+        self.link_strategy = "round_robin" if self.rng.random() < 0.5 else "primary"
         self.settings = dataclasses.replace(
-            settings or settings_for_simulation(), stan_mode=self.stan_mode
+            settings or settings_for_simulation(),
+            stan_mode=self.stan_mode,
+            link_strategy=self.link_strategy,
         )
         self.now = T0
         self.queue: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []

@@ -25,6 +25,7 @@ from .helpers import (
     records,
     replies,
     sale,
+    sent_reversals,
     settings,
     to_terminal,
 )
@@ -103,6 +104,17 @@ def test_primary_link_is_the_lowest_up() -> None:
     assert forwards(h.request(sale("000002")))[0].link_id == 2
     h.link_up(1)
     assert forwards(h.request(sale("000003")))[0].link_id == 1
+
+
+def test_round_robin_spreads_requests_and_reversals_over_the_links_up() -> None:
+    h = Harness(settings(link_strategy="round_robin"), links=(2, 1, 3))
+    links = [forwards(h.request(sale(f"{n:06d}")))[0].link_id for n in range(1, 7)]
+    assert sorted(links[:3]) == [1, 2, 3] and links[3:] == links[:3]
+    out = h.link_down(2)  # what was sent on it is given up and reversed on the others
+    lost = sent_reversals(out)
+    assert len(lost) == 2 and {c.link_id for c in lost} <= {1, 3}
+    links = [forwards(h.request(sale(f"{n:06d}")))[0].link_id for n in range(7, 11)]
+    assert set(links) == {1, 3}
 
 
 def test_overload_declines_without_forwarding_or_reversing() -> None:

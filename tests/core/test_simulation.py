@@ -24,7 +24,8 @@ ONE_SEED = os.environ.get("GATEWAY_SIM_SEED")
 def _describe(sim: Simulation) -> str:
     lines = [
         f"simulation seed {sim.seed} failed (replay: GATEWAY_SIM_SEED={sim.seed}); "
-        f"dialect {sim.dialect.name}, stan {sim.stan_mode}, summary {sim.summary()}",
+        f"dialect {sim.dialect.name}, stan {sim.stan_mode}, links {sim.link_strategy}, "
+        f"summary {sim.summary()}",
         *sim.violations[:10],
     ]
     if sim.trace:

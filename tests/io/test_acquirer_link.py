@@ -6,12 +6,14 @@ import asyncio
 import faulthandler
 import socket
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from gateway.app import build_service
 from gateway.config import ConfigError, load_config
+from gateway.io.tap import Address, Side
 from gateway.sim.acquirer import AcquirerSimulator
 from gateway.sim.rules import Rule
 from gateway.wire.codec import Codec
@@ -219,3 +221,35 @@ async def test_the_acquirers_own_echo_tests_are_answered(make_stack: StackFactor
         writer.close()
     finally:
         host.close()
+
+
+class _SentByLink:
+    """A frame tap counting what the gateway wrote on each acquirer connection."""
+
+    def __init__(self) -> None:
+        self.by_local_port: Counter[int] = Counter()
+
+    def connection_opened(self, side: Side, local: Address, peer: Address) -> None:
+        pass
+
+    def frame(self, side: Side, inbound: bool, local: Address, peer: Address, frame: Frame) -> None:
+        if side == "acquirer" and not inbound:
+            self.by_local_port[local[1]] += 1
+
+    def connection_closed(self, side: Side, local: Address, peer: Address) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("strategy", "links_used"), [("primary", 1), ("round_robin", 3)])
+async def test_link_strategy(make_stack: StackFactory, strategy: str, links_used: int) -> None:
+    stack = await make_stack(**{"acquirer.connections": 3, "acquirer.strategy": strategy})
+    await stack.settle(lambda: stack.service.status()["links_up"] == 3, what="three links up")
+    tap = _SentByLink()
+    stack.service.tap = tap
+    terminal = await stack.terminal()
+    for stan in range(1, 10):
+        response = await terminal.send("0200", auth(stan))
+        assert response is not None and response.get("39") == "00"
+    assert sorted(tap.by_local_port.values(), reverse=True) == (
+        [9] if links_used == 1 else [3, 3, 3]
+    )

@@ -7,6 +7,12 @@ what the gateway's hot path needs.
 Writes are coalesced per event loop iteration: the frames written to one connection while the
 loop handles a burst (a commit releasing fifty requests, a read bringing ten answers for one
 terminal) leave in one system call at the end of the iteration, not one each.
+
+A write is "sent" (``on_sent(True)``) only once the kernel has taken all of its bytes: what
+stays in the transport's own buffer (a peer that does not read) is reported when that buffer
+drains, and as not sent if the connection is lost first. The transport's high-water mark is 0
+so that asyncio says so (``pause_writing`` / ``resume_writing``) for every write the socket did
+not take whole; subclasses hear it as ``on_write_blocked`` / ``on_write_unblocked``.
 """
 
 from __future__ import annotations
@@ -37,12 +43,15 @@ class FramedProtocol(asyncio.Protocol):
         self.closed = self._loop.create_future()
         self._outgoing: list[bytes] = []  # written this loop iteration, sent at its end
         self._on_sent: list[Callable[[bool], None]] = []  # told whether those left
+        self._draining: list[Callable[[bool], None]] = []  # their bytes wait in the transport
+        self.write_blocked = False  # the transport holds bytes the socket has not taken
 
     # asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # cast, not isinstance: uvloop's transports do not subclass asyncio.Transport.
         self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=0)  # see the module docstring
         self.local_address, self.peer_address = addresses(transport)
         self.peer = f"{self.peer_address[0]}:{self.peer_address[1]}"
         self.on_connected()
@@ -71,8 +80,22 @@ class FramedProtocol(asyncio.Protocol):
             self.on_framing_error(error)
         return None  # close the transport
 
+    def pause_writing(self) -> None:
+        self.write_blocked = True
+        self.on_write_blocked()
+
+    def resume_writing(self) -> None:
+        self.write_blocked = False
+        self._report_drained(True)
+        self.on_write_unblocked()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        # None: the transport flushed its buffer before closing (asyncio and uvloop close that
+        # way; an abort() of ours already reported its writes). An error: those bytes are lost.
+        self._report_drained(exc is None)
+        if self._on_sent:
+            self._report_sent(False)
         if not self.closed.done():
             self.closed.set_result(None)
         self.on_disconnected(exc)
@@ -114,11 +137,21 @@ class FramedProtocol(asyncio.Protocol):
         if sent:
             assert transport is not None
             transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-        if self._on_sent:
+        if not self._on_sent:
+            return
+        if sent and self.write_blocked:  # not all of it reached the kernel: wait for the drain
+            self._draining.extend(self._on_sent)
+            self._on_sent = []
+        else:
             self._report_sent(sent)
 
     def _report_sent(self, sent: bool) -> None:
         callbacks, self._on_sent = self._on_sent, []
+        for callback in callbacks:
+            callback(sent)
+
+    def _report_drained(self, sent: bool) -> None:
+        callbacks, self._draining = self._draining, []
         for callback in callbacks:
             callback(sent)
 
@@ -133,6 +166,7 @@ class FramedProtocol(asyncio.Protocol):
         self._outgoing = []
         if self.transport is not None:
             self.transport.abort()
+        self._report_drained(False)
         if self._on_sent:
             self._report_sent(False)
 
@@ -149,6 +183,12 @@ class FramedProtocol(asyncio.Protocol):
 
     def on_disconnected(self, exc: Exception | None) -> None:
         """The connection is gone."""
+
+    def on_write_blocked(self) -> None:
+        """The peer stopped taking bytes: they wait in the transport's buffer."""
+
+    def on_write_unblocked(self) -> None:
+        """The transport's buffer has drained."""
 
 
 ProtocolFactory = Callable[[], FramedProtocol]

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
+
+import uvloop
 
 from gateway.io.framed import FramedProtocol
 from gateway.wire.dialect import get_dialect
@@ -35,6 +41,9 @@ class FakeTransport:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return ("127.0.0.1", 8583) if name in ("sockname", "peername") else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
 
 
 def connected() -> tuple[FramedProtocol, FakeTransport]:
@@ -110,3 +119,80 @@ async def test_a_connection_closing_before_the_iteration_ends_reports_unsent() -
     protocol.write_frame(Frame(b"0210\x01"), on_sent=told.append)
     protocol.abort()
     assert told == [False, False]
+
+
+# Real sockets: a peer that does not read --------------------------------------------------
+
+
+async def _blocked_writes(close_peer: bool) -> tuple[list[bool], list[bool], int]:
+    """Write to a peer that reads nothing until the kernel's buffers are full; return the
+    reports while blocked, the reports after the peer read (or reset), and the bytes left in
+    the transport's buffer when writing blocked."""
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Future[FramedProtocol] = loop.create_future()
+
+    def make() -> FramedProtocol:
+        protocol = FramedProtocol(FRAMING)
+        loop.call_soon(accepted.set_result, protocol)
+        return protocol
+
+    server = await loop.create_server(make, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    peer = socket.socket()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    peer.connect(("127.0.0.1", port))
+    peer.setblocking(False)
+    protocol = await accepted
+    assert protocol.transport is not None
+    protocol.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+    )
+    reports: list[bool] = []
+    chunk = Frame(b"0210" + b"x" * 1000)
+    for _ in range(2000):
+        protocol.write_frame(chunk, on_sent=reports.append)
+        await asyncio.sleep(0)
+        if protocol.write_blocked:
+            break
+    assert protocol.write_blocked, "the kernel took 2 MB from a peer that reads nothing"
+    buffered = protocol.transport.get_write_buffer_size()
+    while_blocked = list(reports)
+    reports.clear()
+    if close_peer:
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # a reset: what waits in the gateway's buffer never leaves
+        await asyncio.wait_for(protocol.closed, 5)
+    else:
+        while protocol.write_blocked:  # the peer reads: the buffer drains
+            with contextlib.suppress(BlockingIOError):
+                while peer.recv(65536):
+                    pass
+            await asyncio.sleep(0.01)
+        peer.close()
+    server.close()
+    return while_blocked, reports, buffered
+
+
+def _on_each_loop(scenario: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    for factory in (asyncio.new_event_loop, uvloop.new_event_loop):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(scenario())
+
+
+def test_a_write_the_kernel_did_not_take_is_reported_once_it_drains() -> None:
+    async def scenario() -> None:
+        while_blocked, after, buffered = await _blocked_writes(close_peer=False)
+        assert buffered > 0
+        assert while_blocked and all(while_blocked)
+        # The last write did not reach the kernel whole: not reported until it drained.
+        assert after == [True]
+
+    _on_each_loop(scenario)
+
+
+def test_a_write_lost_in_the_transports_buffer_is_reported_unsent() -> None:
+    async def scenario() -> None:
+        _, after, _ = await _blocked_writes(close_peer=True)
+        assert after == [False]
+
+    _on_each_loop(scenario)

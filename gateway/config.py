@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from gateway.core.settings import CoreSettings
@@ -60,6 +61,10 @@ class GatewaySection(_Section):
     data_dir: Path = Path("data")
     max_connections: int = Field(10_000, gt=0)
     shutdown_grace: float = Field(10.0, ge=0)
+    # Terminal connections that stop being good peers are cut (gateway/io/terminals.py).
+    write_timeout: float = Field(30.0, gt=0)  # the terminal takes none of our bytes
+    frame_timeout: float = Field(30.0, gt=0)  # a frame left half sent
+    idle_timeout: float = Field(0.0, ge=0)  # nothing received; 0 = never
 
     @field_validator("listen")
     @classmethod
@@ -255,6 +260,18 @@ class GatewayConfig(_Section):
     capture: CaptureSection = Field(default_factory=CaptureSection)
     logging: LoggingSection = Field(default_factory=LoggingSection)
 
+    @model_validator(mode="after")
+    def _check_idle_timeout(self) -> GatewayConfig:
+        idle = self.gateway.idle_timeout
+        if idle and idle <= self.acquirer.timeout:
+            # A terminal waiting for its answer sends nothing: it would be cut, and its
+            # approval reversed as undeliverable.
+            raise ValueError(
+                f"gateway.idle_timeout ({idle}) must be 0 or longer than acquirer.timeout "
+                f"({self.acquirer.timeout})"
+            )
+        return self
+
     @property
     def journal_path(self) -> Path:
         return self.journal.path or self.gateway.data_dir / "journal.sqlite3"
@@ -336,5 +353,6 @@ def _describe(error: ValidationError, path: Path | None) -> str:
             message = "unknown key"
         elif problem["type"] == "value_error":  # our validators' own words, without pydantic's
             message = message.removeprefix("Value error, ")
-        lines.append(f"{where}{key}: {message}")
+        # A check across sections has no key of its own: its message names the keys.
+        lines.append(f"{where}{key}: {message}" if key else f"{where}{message}")
     return "invalid configuration:\n  " + "\n  ".join(lines)

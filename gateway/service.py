@@ -49,8 +49,8 @@ from gateway.core.mti import classify
 from gateway.core.stan import STAN_MAX, seed_after
 from gateway.io.acquirer_link import AcquirerLink, LinkSettings
 from gateway.io.tap import FrameTap
-from gateway.io.terminals import TerminalConnection, TerminalServer
-from gateway.journal.base import Journal
+from gateway.io.terminals import ConnectionLimits, TerminalConnection, TerminalServer
+from gateway.journal.base import Journal, JournalError
 from gateway.ops.logging import log_context_var
 from gateway.ops.sink import EventSink
 from gateway.wire.codec import Codec, CodecError, FieldView
@@ -62,6 +62,8 @@ log = structlog.get_logger("gateway.service")
 STAN_META_KEY = "last_stan"
 
 REQUEUE_POLL_SECONDS = 1.0
+# Seconds shutdown waits for the journal's last commit.
+JOURNAL_FLUSH_AT_STOP = 5.0
 PRUNE_EVERY_SECONDS = 3600.0
 
 # Lines logged while a terminal's frame or an acquirer's message is handled carry conn= or
@@ -84,6 +86,7 @@ class ServiceCounters:
     terminal_format_errors: dict[str, int] = field(default_factory=dict)
     acquirer_format_errors: int = 0
     sends_dropped_link_down: int = 0
+    sends_dropped_stale: int = 0  # requests whose journal commit came after their timeout
 
 
 class GatewayService:
@@ -103,9 +106,14 @@ class GatewayService:
             sorted(set(dialect.match_fields) | {"11", "38", "39", "41"}, key=int)
         )
         self.core: GatewayCore | None = None
-        self.terminals = TerminalServer(
-            dialect.framing, self, max_connections=config.gateway.max_connections
+        gateway = config.gateway
+        limits = ConnectionLimits(
+            max_connections=gateway.max_connections,
+            write_timeout=gateway.write_timeout,
+            frame_timeout=gateway.frame_timeout,
+            idle_timeout=gateway.idle_timeout,
         )
+        self.terminals = TerminalServer(dialect.framing, self, limits)
         addresses = [parse_hostport(a) for a in config.acquirer.addresses]
         link_settings = LinkSettings(
             addresses=addresses,
@@ -194,14 +202,25 @@ class GatewayService:
         if self._timer is not None:
             self._timer.cancel()
         await self.terminals.close()
-        await self.journal.flush()
-        self._release_sends(self.journal.committed_seq)
+        try:
+            # Bounded: a journal that cannot be written (disk full, locked) must not keep the
+            # process from stopping. Sends still held then never leave: nothing was sent that
+            # the journal does not know of.
+            await asyncio.wait_for(self.journal.flush(), JOURNAL_FLUSH_AT_STOP)
+        except (TimeoutError, JournalError) as error:
+            log.error("journal_not_flushed_at_stop", error=str(error) or type(error).__name__)
+        else:
+            self._release_sends(self.journal.committed_seq)
         for link in self.links.values():
             await link.stop()
-        await self.journal.close()
-        stats = self._core.stats()
-        log.info("gateway_stopped", **stats)
-        self._stopped.set()
+        try:
+            await self.journal.close()
+        except JournalError as error:  # what it could not write is lost; logged, not raised
+            log.error("journal_close_failed", error=str(error))
+        finally:
+            stats = self._core.stats()
+            log.info("gateway_stopped", **stats)
+            self._stopped.set()
 
     @property
     def _core(self) -> GatewayCore:
@@ -290,8 +309,16 @@ class GatewayService:
         held = self._held_sends
         if not held or held[0][0] > committed_seq:
             return
+        stale_before = time.perf_counter() - self.config.acquirer.timeout
         while held and held[0][0] <= committed_seq:
             _, link_id, frame, arrival = held.popleft()
+            if arrival is not None and arrival[1] < stale_before:
+                # The journal was held up past the acquirer timeout: the core has declined
+                # this request to its terminal (and owes a reversal the acquirer will answer
+                # "unknown"). Sent now, it could be approved behind the terminal's back.
+                self.counters.sends_dropped_stale += 1
+                log.warning("request_not_sent_journal_late", link=link_id)
+                continue
             self._write_to_link(link_id, frame, arrival)
         for link in self.links.values():
             if link.connection is not None:

@@ -60,6 +60,7 @@ def test_environment_lists_are_json() -> None:
         ("[acquirer]\nreconnect_max = 0.1\n", "acquirer.reconnect_max: shorter than reconnect_min"),
         ("[mqtt]\nreconnect_min = 60\n", "mqtt.reconnect_max: shorter than reconnect_min (60.0)"),
         ('[acquirer]\nheader = "0x16"\n', "acquirer.header: must be hex digits, two per byte"),
+        ("[gateway]\nidle_timeout = 5\n", "gateway.idle_timeout (5.0) must be 0 or longer than"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, toml: str, expected: str) -> None:

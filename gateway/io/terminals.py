@@ -2,16 +2,45 @@
 
 Connections only carry bytes. What a terminal's requests are owed belongs to the service and the
 core, never to the connection: a terminal hanging up cancels nothing.
+
+A connection that stops being a good peer is cut, so that it holds neither memory nor a slot
+of ``max_connections``: a terminal that takes none of the gateway's bytes for
+``write_timeout`` (meanwhile nothing more is read from it: its own requests wait in TCP), one
+that leaves a frame half sent for ``frame_timeout``, and, when ``idle_timeout`` is set, one
+that sends nothing that long. TCP keepalive finds the peers that vanished without a word.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass
 from typing import Protocol
+
+import structlog
 
 from gateway.io.framed import FramedProtocol
 from gateway.wire.framing import Frame, Framing, FramingError
+
+log = structlog.get_logger("gateway.terminals")
+
+# TCP keepalive on terminal connections (Linux option names; elsewhere the OS defaults).
+_KEEPALIVE = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 5}
+# How often the server looks for connections to cut, and how often a refusal is logged.
+_SWEEP_SECONDS = 1.0
+_REFUSAL_LOG_SECONDS = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    max_connections: int = 10_000
+    write_timeout: float = 30.0  # a terminal taking none of our bytes this long is cut off
+    frame_timeout: float = 30.0  # a frame left half sent this long
+    idle_timeout: float = 0.0  # nothing received this long; 0 = never
 
 
 class TerminalListener(Protocol):
@@ -26,9 +55,32 @@ class TerminalConnection(FramedProtocol):
         super().__init__(framing)
         self.conn_id = conn_id
         self._listener = listener
+        self.last_read = time.monotonic()
+        self.blocked_since: float | None = None  # since when the terminal takes no bytes
 
     def on_connected(self) -> None:
         self._listener.on_terminal_connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_read = time.monotonic()
+        super().data_received(data)
+
+    def on_write_blocked(self) -> None:
+        # Read no more from a terminal that does not read: its requests wait in TCP instead
+        # of its answers piling up here.
+        self.blocked_since = time.monotonic()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def on_write_unblocked(self) -> None:
+        self.blocked_since = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    @property
+    def partial_frame(self) -> bool:
+        """Part of a frame has arrived, not all of it."""
+        return self._decoder.buffered > 0
 
     def on_frame(self, frame: Frame) -> None:
         self._listener.on_terminal_frame(self, frame)
@@ -41,15 +93,22 @@ class TerminalConnection(FramedProtocol):
 
 
 class TerminalServer:
-    """Accepts terminals; refuses connections beyond ``max_connections``."""
+    """Accepts terminals; refuses connections beyond ``max_connections``; cuts bad peers."""
 
-    def __init__(self, framing: Framing, listener: TerminalListener, max_connections: int) -> None:
+    def __init__(
+        self, framing: Framing, listener: TerminalListener, limits: ConnectionLimits
+    ) -> None:
         self._framing = framing
         self._listener = listener
-        self._max_connections = max_connections
+        self.limits = limits
         self._ids = itertools.count(1)
         self.connections: dict[int, TerminalConnection] = {}
         self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self.refused = 0  # connections refused at max_connections
+        self.cut: Counter[str] = Counter()  # connections cut, by reason
+        self._refused_logged_at = 0.0
+        self._refused_unlogged = 0
 
     @property
     def port(self) -> int:
@@ -60,6 +119,7 @@ class TerminalServer:
     async def start(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._make_connection, host, port, backlog=1024)
+        self._sweeper = loop.call_later(_SWEEP_SECONDS, self._sweep)
 
     def _make_connection(self) -> TerminalConnection:
         conn = _TrackedConnection(next(self._ids), self._framing, self._listener, self)
@@ -73,8 +133,44 @@ class TerminalServer:
         self.stop_accepting()
         for conn in list(self.connections.values()):
             conn.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._server is not None:
             await self._server.wait_closed()
+
+    def _sweep(self) -> None:
+        """Cut the connections that stopped being good peers (see the module docstring)."""
+        self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_SECONDS, self._sweep)
+        now = time.monotonic()
+        limits = self.limits
+        for conn in list(self.connections.values()):
+            silent = now - conn.last_read
+            if conn.blocked_since is not None and now - conn.blocked_since > limits.write_timeout:
+                reason = "write_timeout"  # what waits for it is not delivered: reversed
+            elif conn.partial_frame and silent > limits.frame_timeout:
+                reason = "frame_timeout"
+            elif limits.idle_timeout and silent > limits.idle_timeout:
+                reason = "idle_timeout"
+            else:
+                continue
+            self.cut[reason] += 1
+            log.warning("terminal_connection_cut", conn=conn.conn_id, peer=conn.peer, reason=reason)
+            conn.abort()
+
+    def _refuse(self, conn: TerminalConnection) -> None:
+        self.refused += 1
+        self._refused_unlogged += 1
+        now = time.monotonic()
+        if now - self._refused_logged_at >= _REFUSAL_LOG_SECONDS:
+            log.warning(
+                "terminal_connections_refused",
+                count=self._refused_unlogged,
+                max_connections=self.limits.max_connections,
+            )
+            self._refused_logged_at = now
+            self._refused_unlogged = 0
+        conn.abort()
 
 
 class _TrackedConnection(TerminalConnection):
@@ -85,13 +181,26 @@ class _TrackedConnection(TerminalConnection):
         self._server = server
 
     def on_connected(self) -> None:
-        if len(self._server.connections) >= self._server._max_connections:
+        if len(self._server.connections) >= self._server.limits.max_connections:
             # Over the limit: refuse this terminal without touching the others.
-            self.abort()
+            self._server._refuse(self)
             return
+        _keep_alive(self.transport)
         self._server.connections[self.conn_id] = self
         super().on_connected()
 
     def on_disconnected(self, exc: Exception | None) -> None:
         if self._server.connections.pop(self.conn_id, None) is not None:
             super().on_disconnected(exc)
+
+
+def _keep_alive(transport: asyncio.BaseTransport | None) -> None:
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in _KEEPALIVE.items():
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)

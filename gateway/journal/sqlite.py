@@ -41,6 +41,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+import structlog
+
 from gateway.core.records import (
     OPEN_AUTH_STATES,
     OPEN_REVERSAL_STATES,
@@ -148,6 +150,8 @@ _UPSERT_META = (
 _SELECT_AUTH = f"SELECT {', '.join(AUTH_COLUMNS)} FROM authorizations"
 _SELECT_REVERSAL = f"SELECT {', '.join(REVERSAL_COLUMNS)} FROM reversals"
 
+log = structlog.get_logger("gateway.journal")
+
 # A commit that fails is retried with growing pauses; at close, after this many tries in a
 # row the writer gives up and close() raises.
 _RETRY_PAUSES = (0.01, 0.05, 0.2, 1.0)
@@ -156,6 +160,10 @@ _TRIES_AT_CLOSE = 3
 # adds a few pages to the WAL (table leaf, index leaves), so this keeps the WAL near the size
 # at which SQLite's own automatic checkpoint would run, inside a commit, on the loop.
 _CHECKPOINT_ROWS = 500
+# Pruning deletes this many rows per transaction (~3 ms), then pauses longer than the loop's
+# first commit retry (10 ms) so that the loop gets the journal in between.
+_PRUNE_CHUNK = 1000
+_PRUNE_PAUSE = 0.02
 
 _T = TypeVar("_T")
 
@@ -231,6 +239,7 @@ class SqliteJournal:
         # The side connection for reads and operator writes, used from worker threads.
         self._side: sqlite3.Connection | None = None
         self._side_lock = threading.Lock()
+        self._closing_event = threading.Event()  # long side work (pruning) stops early
 
     def __repr__(self) -> str:
         return (
@@ -279,6 +288,7 @@ class SqliteJournal:
             return
         started = self._state == "running"
         self._state = "closing"
+        self._closing_event.set()
         try:
             if started and self._on_loop:
                 await self._close_loop_side()
@@ -433,7 +443,8 @@ class SqliteJournal:
         try:
             await self._side_call(lambda c: c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
         except Exception as exc:  # the next one may succeed; the WAL only grows meanwhile
-            self._failed(exc)
+            # Not a commit error: nothing waits for a checkpoint.
+            log.warning("journal_checkpoint_failed", error=f"{type(exc).__name__}: {exc}")
         finally:
             self._checkpointing = False
 
@@ -629,7 +640,9 @@ class SqliteJournal:
                 raise JournalSchemaError(f"journal {self.path}: cannot use WAL mode ({mode})")
             synchronous = "FULL" if self.durability == "power" else "NORMAL"
             conn.execute(f"PRAGMA synchronous={synchronous}")
-            # Deleted and overwritten rows (PANs of settled reversals) are zeroed in the file.
+            # Deleted and overwritten rows (PANs of settled reversals) are zeroed in the
+            # database file. Older page images stay in the -wal file until its frames are
+            # reused after a checkpoint, or the journal closes: docs/reversal.md, "The journal".
             conn.execute("PRAGMA secure_delete=ON")
             _ensure_schema(conn, self.path)
             if loop_side:
@@ -772,8 +785,20 @@ class SqliteJournal:
         return await self._side_call(work)
 
     async def prune(self, older_than: float) -> int:
+        """Delete completed records older than ``older_than``, in small transactions: the
+        loop's commits (which never wait for a lock) get the journal between two of them, so
+        a prune of millions of rows never holds up a send for more than a few milliseconds.
+        Stops early when the journal closes."""
         auth_states = sorted(s.value for s in DONE_AUTH_STATES)
         reversal_states = sorted(s.value for s in DONE_REVERSAL_STATES)
+        deletes = [
+            (
+                f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE state IN "
+                f"({_marks(len(states))}) AND updated_at < ? LIMIT {_PRUNE_CHUNK})",
+                (*states, older_than),
+            )
+            for table, states in (("authorizations", auth_states), ("reversals", reversal_states))
+        ]
 
         def work(conn: sqlite3.Connection) -> int:
             with _transaction(conn, "BEGIN IMMEDIATE"):
@@ -783,16 +808,16 @@ class SqliteJournal:
                     (_REVERSAL_HIGH_KEY, "SELECT max(reversal_id) FROM reversals"),
                 ):
                     conn.execute(_UPSERT_META, (key, str(_highest(conn, query, key))))
-                deleted = conn.execute(
-                    f"DELETE FROM authorizations WHERE state IN ({_marks(len(auth_states))}) "
-                    "AND updated_at < ?",
-                    (*auth_states, older_than),
-                ).rowcount
-                deleted += conn.execute(
-                    f"DELETE FROM reversals WHERE state IN ({_marks(len(reversal_states))}) "
-                    "AND updated_at < ?",
-                    (*reversal_states, older_than),
-                ).rowcount
+            deleted = 0
+            for statement, parameters in deletes:
+                while not self._closing_event.is_set():
+                    with _transaction(conn, "BEGIN IMMEDIATE"):
+                        chunk = conn.execute(statement, parameters).rowcount
+                    deleted += chunk
+                    if chunk < _PRUNE_CHUNK:
+                        break
+                    time.sleep(_PRUNE_PAUSE)  # the loop's commit retries meanwhile
+            with _transaction(conn, "BEGIN IMMEDIATE"):
                 conn.execute(
                     "DELETE FROM requeued WHERE reversal_id NOT IN (SELECT reversal_id FROM "
                     "reversals)"

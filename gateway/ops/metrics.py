@@ -241,6 +241,15 @@ class _Counters(Protocol):
     def acquirer_format_errors(self) -> int: ...
     @property
     def sends_dropped_link_down(self) -> int: ...
+    @property
+    def sends_dropped_stale(self) -> int: ...
+
+
+class _TerminalServer(Protocol):
+    @property
+    def refused(self) -> int: ...
+    @property
+    def cut(self) -> Mapping[str, int]: ...
 
 
 class MeteredService(Protocol):
@@ -252,6 +261,8 @@ class MeteredService(Protocol):
     def counters(self) -> _Counters: ...
     @property
     def links(self) -> Mapping[int, _Link]: ...
+    @property
+    def terminals(self) -> _TerminalServer: ...
     @property
     def journal(self) -> object: ...
     def status(self) -> dict[str, Any]: ...
@@ -424,9 +435,12 @@ class GatewayCollector:
         counters = self.service.counters
         dropped = CounterMetricFamily(
             PREFIX + "acquirer_sends_dropped",
-            "Messages not written because their link was down (the core reverses them).",
+            "Messages not written: their link was down, or (journal_late) their journal commit "
+            "came after the acquirer timeout. The core reverses them.",
+            labels=["reason"],
         )
-        dropped.add_metric([], counters.sends_dropped_link_down)
+        dropped.add_metric(["link_down"], counters.sends_dropped_link_down)
+        dropped.add_metric(["journal_late"], counters.sends_dropped_stale)
         yield dropped
         errors = CounterMetricFamily(
             PREFIX + "format_errors",
@@ -450,6 +464,22 @@ class GatewayCollector:
         )
         total.add_metric([], counters.terminal_connections_total)
         yield total
+        terminals = self.service.terminals
+        refused = CounterMetricFamily(
+            PREFIX + "terminal_connections_refused",
+            "Terminal connections refused at gateway.max_connections.",
+        )
+        refused.add_metric([], terminals.refused)
+        yield refused
+        cut = CounterMetricFamily(
+            PREFIX + "terminal_connections_cut",
+            "Terminal connections the gateway cut: write_timeout (it read nothing), "
+            "frame_timeout (a frame left half sent), idle_timeout.",
+            labels=["reason"],
+        )
+        for reason in ("write_timeout", "frame_timeout", "idle_timeout"):
+            cut.add_metric([reason], terminals.cut.get(reason, 0))
+        yield cut
 
     def _journal(self) -> Iterator[Metric]:
         sink = self.sink

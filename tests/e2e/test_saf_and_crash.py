@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -161,3 +162,28 @@ format = "json"
             gateway.send_signal(signal.SIGTERM)
             gateway.wait(10)
         await simulator.stop()
+
+
+async def test_a_request_whose_journal_commit_came_too_late_is_never_sent(
+    make_stack: StackFactory,
+) -> None:
+    """Another process holds the journal past the acquirer timeout: the terminal is declined
+    and the request must not reach the acquirer afterwards (it could be approved behind the
+    terminal's back)."""
+    stack = await make_stack()
+    await stack.links_up()
+    terminal = await stack.terminal()
+    other = sqlite3.connect(stack.journal_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # `saf retry`, say, holding the write lock
+    try:
+        answer = await terminal.send("0200", auth(41), timeout=2.0)
+        assert answer is not None and answer.get("39") == "91"
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await stack.settle(
+        lambda: stack.service.counters.sends_dropped_stale == 1, what="the stale send dropped"
+    )
+    await stack.no_reversals_open()  # its reversal: answered "unknown original", resolved
+    assert stack.requests_seen("0200") == 0
+    assert stack.holds() == []

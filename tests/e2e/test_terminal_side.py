@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 
 from gateway.sim.invariant import check
 from gateway.sim.rules import FaultRates, Rule
@@ -134,3 +136,80 @@ async def test_flapping_acquirer_under_load_keeps_the_invariant(make_stack: Stac
     assert summary["reversed_twice"] == 0
     assert summary["released"] > 0  # faults happened and were reversed
     assert "acquirer_link_down" in events(stack).kinds()
+
+
+async def test_a_terminal_that_reads_nothing_is_cut_and_its_approvals_reversed(
+    make_stack: StackFactory,
+) -> None:
+    """It pipelines approvals and never reads: the gateway stops reading from it (its own
+    requests wait in TCP, not its answers in the gateway's memory), cuts it after
+    write_timeout, and reverses the approvals that never left; other terminals go on."""
+    stack = await make_stack(**{"gateway.write_timeout": 1.5, "acquirer.timeout": 5.0})
+    await stack.links_up()
+    codec, framing = stack.service.codec, stack.service.dialect.framing
+    flooder = socket.socket()
+    flooder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    flooder.connect(("127.0.0.1", stack.port))
+    flooder.setblocking(False)
+    await stack.settle(lambda: len(stack.service.terminals.connections) == 1, what="accepted")
+    [conn] = stack.service.terminals.connections.values()
+    assert conn.transport is not None
+    conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    waves = [
+        b"".join(
+            encode_frame(framing, Frame(codec.encode("0200", auth(stan, terminal="TERM0009"))))
+            for stan in range(first, first + 1500)
+        )
+        for first in (1, 1501)
+    ]
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(flooder, waves[0])
+    await stack.settle(lambda: conn.write_blocked, what="its answers to pile up")
+    seen = stack.requests_seen("0200")
+    with contextlib.suppress(TimeoutError):  # TCP's buffers fill up: the gateway reads no more
+        await asyncio.wait_for(loop.sock_sendall(flooder, waves[1]), 0.5)
+    assert stack.requests_seen("0200") == seen, "it kept reading from a terminal that did not"
+
+    other = await stack.terminal()  # meanwhile another terminal is served as usual
+    answer = await other.send("0200", auth(1000, terminal="TERM0001"))
+    assert answer is not None and answer.get("39") == "00"
+
+    await stack.settle(lambda: stack.service.terminals.cut["write_timeout"] == 1, what="the cut")
+    undeliverable = events(stack).kinds().count("undeliverable_response")
+    assert undeliverable > 0
+    await stack.acknowledged(undeliverable)
+    holds = stack.holds()
+    assert sum(hold.released for hold in holds) == undeliverable
+    assert all(hold.duplicate_reversals == 0 for hold in holds)
+    flooder.close()
+
+
+async def test_half_frames_idle_peers_and_connections_over_the_limit(
+    make_stack: StackFactory,
+) -> None:
+    stack = await make_stack(
+        **{
+            "gateway.max_connections": 2,
+            # Long enough that neither is cut before the third connection is refused.
+            "gateway.frame_timeout": 1.5,
+            "gateway.idle_timeout": 2.0,  # > acquirer.timeout (0.4)
+        }
+    )
+    await stack.links_up()
+    server = stack.service.terminals
+    half, idle = socket.socket(), socket.socket()
+    for sock in (half, idle):
+        sock.connect(("127.0.0.1", stack.port))
+    half.sendall(b"\x00")  # one byte of a two-byte length header, then nothing
+    await stack.settle(lambda: len(server.connections) == 2, what="both accepted")
+    third = socket.socket()
+    third.connect(("127.0.0.1", stack.port))  # over the limit: refused
+    await stack.settle(lambda: server.refused == 1, what="the refusal")
+    await stack.settle(lambda: server.cut["frame_timeout"] == 1, what="the half frame cut")
+    await stack.settle(lambda: server.cut["idle_timeout"] == 1, what="the idle peer cut")
+    assert not server.connections
+    terminal = await stack.terminal()  # room again
+    answer = await terminal.send("0200", auth(1))
+    assert answer is not None and answer.get("39") == "00"
+    for sock in (half, idle, third):
+        sock.close()

@@ -27,6 +27,7 @@ from gateway.journal import (
     SensitiveFieldError,
     SqliteJournal,
 )
+from gateway.journal import sqlite as sqlite_module
 
 from .factories import PAN, T0, make_auth, make_reversal
 
@@ -414,6 +415,23 @@ async def test_prune_deletes_old_completed_records_only(
     # Pruning the newest completed records too must not make their ids reusable.
     await journal.prune(older_than=new + 1)
     assert await journal.next_ids() == before
+
+
+async def test_a_long_prune_lets_commits_through_and_stops_at_close(
+    journal: SqliteJournal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_module, "_PRUNE_CHUNK", 10)
+    monkeypatch.setattr(sqlite_module, "_PRUNE_PAUSE", 0.05)  # 100 rows: about half a second
+    for txn_id in range(1, 101):
+        journal.put(make_auth(txn_id, AuthState.DELIVERED, updated_at=T0 - 100))
+    await journal.flush()
+    pruning = asyncio.create_task(journal.prune(older_than=T0))
+    await asyncio.sleep(0.08)  # inside the prune
+    journal.put(make_auth(500, AuthState.IN_FLIGHT))
+    await asyncio.wait_for(journal.flush(), 0.3)  # between two chunks, not after them all
+    assert not pruning.done()
+    await journal.close()  # stops the prune early and writes what is pending
+    assert 10 <= await pruning < 100
 
 
 # -- card data ---------------------------------------------------------------------------------

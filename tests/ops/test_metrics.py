@@ -278,6 +278,7 @@ class FakeService:
         self.counters = ServiceCounters()
         self.links = {1: SimpleNamespace(is_up=True, reconnects=2, echo_failures=1)}
         self.journal = SimpleNamespace(commit_errors=0)
+        self.terminals = SimpleNamespace(refused=3, cut={"write_timeout": 2})
 
     def status(self) -> dict[str, Any]:
         raise AssertionError("status() needs a started service")
@@ -347,6 +348,11 @@ def test_sink_counts_every_notice_kind() -> None:
     assert value(samples, "iso_gateway_acquirer_reconnects_total", link="1") == 2
     assert value(samples, "iso_gateway_acquirer_echo_failures_total", link="1") == 1
     assert "iso_gateway_in_flight_requests" not in samples
+    # Terminal connections refused and cut, read from the terminal server.
+    assert value(samples, "iso_gateway_terminal_connections_refused_total") == 3
+    assert value(samples, "iso_gateway_terminal_connections_cut_total", reason="write_timeout") == 2
+    assert value(samples, "iso_gateway_terminal_connections_cut_total", reason="idle_timeout") == 0
+    assert value(samples, "iso_gateway_acquirer_sends_dropped_total", reason="journal_late") == 0
 
 
 def test_journal_commit_stats_feed_the_histograms() -> None:

@@ -38,6 +38,7 @@ from gateway.core.events import (
     CORE_FIELDS,
     AcquirerResponse,
     DeliveryResult,
+    Draining,
     Event,
     LinkDown,
     LinkUp,
@@ -191,9 +192,13 @@ class GatewayService:
         if self._stopped.is_set() or self.core is None:
             return
         self.terminals.stop_accepting()
+        self._dispatch(Draining())  # new requests on open connections: declined at once
         deadline = time.monotonic() + self.config.gateway.shutdown_grace
         while self._core.stats().get("in_flight", 0) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        # Past the grace: what still waits is declined to its terminal now and its reversal
+        # journaled (and sent, if a link is still up, before the links stop).
+        self._dispatch(Draining(final=True))
         for task in self._background:
             task.cancel()
         for task in self._background:

@@ -45,6 +45,7 @@ from gateway.core.commands import (
 from gateway.core.events import (
     AcquirerResponse,
     DeliveryResult,
+    Draining,
     Event,
     LinkDown,
     LinkUp,
@@ -142,6 +143,7 @@ class GatewayCore:
 
         self._links_up: set[int] = set()
         self._primary: int | None = None  # the lowest link up; None: no link is up
+        self._draining = False  # stopping: new requests are declined
         self._round_robin = settings.link_strategy == "round_robin"
         self._turns: tuple[int, ...] = ()  # the links up, in order, for round_robin
         self._turn = 0
@@ -203,6 +205,8 @@ class GatewayCore:
             self._on_link_down(event, now, out)
         elif isinstance(event, ReversalRequeued):
             self._on_reversal_requeued(event, now, out)
+        elif isinstance(event, Draining):
+            self._on_draining(event, now, out)
         else:
             raise TypeError(f"GatewayCore.handle: unknown event type {type(event).__name__}")
         self._reserve_stans(out)
@@ -326,6 +330,8 @@ class GatewayCore:
                 original = None
         if original is not None:
             self._on_duplicate(event, original, out)
+        elif self._draining:
+            self._decline_at_once(event, "shutting_down", out)
         elif len(self._awaiting) >= self.settings.max_in_flight:
             self._decline_at_once(event, "overloaded", out)
         elif self._primary is None:
@@ -682,6 +688,12 @@ class GatewayCore:
             self._owe_reversal(auth, reason, now, out)
             if auth.reversal is not None:  # notices are read once this step returns
                 data["reversal_id"] = auth.reversal.reversal_id
+
+    def _on_draining(self, event: Draining, now: float, out: list[Command]) -> None:
+        self._draining = True
+        if event.final:  # the grace period is over: the terminal hears now, not never
+            for pending in list(self._awaiting):
+                self._give_up(pending, ReversalReason.TIMEOUT, now, out)
 
     def _next_link(self) -> int:
         """The link for the next message (one must be up): see ``CoreSettings.link_strategy``."""

@@ -77,6 +77,15 @@ class ReversalRequeued:
     reversal_id: int
 
 
+@snapshot
+class Draining:
+    """The gateway is stopping. First (``final`` False): new requests are declined, not
+    forwarded. At the end of the grace period (``final`` True): what still waits for the
+    acquirer is declined to its terminal and reversed, as on a timeout."""
+
+    final: bool = False
+
+
 Event = (
     TerminalRequest
     | AcquirerResponse
@@ -85,4 +94,5 @@ Event = (
     | TerminalClosed
     | DeliveryResult
     | ReversalRequeued
+    | Draining
 )

@@ -14,7 +14,7 @@ from gateway.core.tracking import Authorization, Reversal
 from gateway.wire.masking import mask_pan
 
 TRANSACTION_COMPLETED = "transaction_completed"  # outcome: approved, declined, answered,
-# timeout, link_down, no_link, overloaded, no_stan
+# timeout, link_down, no_link, overloaded, shutting_down, no_stan
 DUPLICATE_REQUEST = "duplicate_request"  # outcome: waiting, cached, declined
 LATE_RESPONSE = "late_response"
 UNMATCHED_RESPONSE = "unmatched_response"  # reason: no_request, already_answered, ...

@@ -324,8 +324,8 @@ class GatewayCollector:
         requests = CounterMetricFamily(
             PREFIX + "requests",
             "Terminal requests by MTI and outcome (approved, declined, answered, timeout, "
-            "link_down, no_link, overloaded, no_stan, duplicate, rejected, format_error; a "
-            "terminal's 0400: forwarded, merged, answered, no_link).",
+            "link_down, no_link, overloaded, shutting_down, no_stan, duplicate, rejected, "
+            "format_error; a terminal's 0400: forwarded, merged, answered, no_link).",
             labels=["mti", "outcome"],
         )
         for (mti, outcome), count in sorted(sink.requests.items()):

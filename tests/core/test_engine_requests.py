@@ -9,6 +9,7 @@ from gateway.core.commands import (
     Persist,
     ReserveStans,
 )
+from gateway.core.events import Draining
 from gateway.core.records import AuthorizationRecord, AuthState
 from gateway.core.stan import RESERVATION_BLOCK
 
@@ -289,3 +290,19 @@ def test_forward_to_terminal_of_a_decline_has_the_acquirer_frame() -> None:
     frame = h.frame("decline")
     out = h.respond(answer(request, "51"), frame=frame)
     assert to_terminal(out) == [ForwardToTerminal(1, frame, {})]
+
+
+def test_draining_declines_new_requests_then_gives_up_on_those_in_flight() -> None:
+    h = Harness()
+    waiting = h.request(sale("000001"), conn=1)
+    assert forwards(waiting)
+    out = h.core.handle(Draining(), h.now)
+    assert out == []  # nothing in flight is touched yet
+    out = h.request(sale("000002"), conn=2)
+    assert not forwards(out) and not records(out)
+    assert replies(out)[0].fields["39"] == "91"
+    assert notices(out, "transaction_completed")[0].data["outcome"] == "shutting_down"
+    out = h.core.handle(Draining(final=True), h.now)  # the grace is over
+    assert replies(out)[0].conn_id == 1 and replies(out)[0].fields["39"] == "91"
+    assert notices(out, "transaction_completed")[0].data["outcome"] == "timeout"
+    assert sent_reversals(out)  # owed and sent while a link is still up

@@ -69,14 +69,40 @@ async def test_graceful_restart_reverses_what_was_in_flight(make_stack: StackFac
     terminal = await stack.terminal()
     sending = asyncio.create_task(terminal.send("0200", auth(50), timeout=3.0))
     await stack.settle(lambda: stack.requests_seen("0200") == 1, what="the request upstream")
+    stopped_events = events(stack)
     await stack.restart_gateway()  # SIGTERM-like: grace 0.2 s, then stop with it in flight
-    assert await sending is None  # the terminal never got an answer
+    answer = await sending  # declined at the end of the grace, not left without an answer
+    assert answer is not None and answer.get("39") == "91"
+    assert "reversal_owed" in stopped_events.kinds()
     await stack.links_up()
-    await stack.acknowledged()
-    kinds = events(stack).kinds()
-    assert "reversal_owed" in kinds
+    # Reversed before the links stopped, or by the restarted gateway: released once.
+    await stack.settle(lambda: any(h.released for h in stack.holds()), what="the release")
+    await stack.no_reversals_open()
     holds = stack.holds()
     assert len(holds) == 1 and holds[0].released and holds[0].duplicate_reversals == 0
+
+
+async def test_requests_during_the_shutdown_grace_are_declined_not_forwarded(
+    make_stack: StackFactory,
+) -> None:
+    rules = [Rule(mti=frozenset({"0200"}), fault="delay", seconds=1.5, times=1)]
+    stack = await make_stack(
+        rules=rules, **{"acquirer.timeout": 5.0, "gateway.shutdown_grace": 1.0}
+    )
+    await stack.links_up()
+    terminal = await stack.terminal()
+    slow = asyncio.create_task(terminal.send("0200", auth(60), timeout=3.0))
+    await stack.settle(lambda: stack.requests_seen("0200") == 1, what="the request upstream")
+    stopping = asyncio.create_task(stack.service.shutdown())
+    await asyncio.sleep(0.1)  # in the grace period now
+    late = await terminal.send("0200", auth(61), timeout=0.5)
+    assert late is not None and late.get("39") == "91"
+    assert stack.requests_seen("0200") == 1  # never forwarded
+    await stopping
+    first = await slow
+    assert first is not None and first.get("39") == "91"  # declined as the grace ran out
+    outcomes = [d["outcome"] for k, d in events(stack).events if k == "transaction_completed"]
+    assert sorted(outcomes) == ["shutting_down", "timeout"]
 
 
 async def test_stan_rewrite_resumes_past_its_stans_after_a_restart(

@@ -33,6 +33,8 @@ _KEEPALIVE = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 5}
 # How often the server looks for connections to cut, and how often a refusal is logged.
 _SWEEP_SECONDS = 1.0
 _REFUSAL_LOG_SECONDS = 10.0
+# At close: how long terminals get to take what was written to them.
+_CLOSE_DRAIN_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,13 +131,21 @@ class TerminalServer:
         if self._server is not None:
             self._server.close()
 
-    async def close(self) -> None:
+    async def close(self, drain: float = _CLOSE_DRAIN_SECONDS) -> None:
+        """Close every connection after sending what was written to it; a terminal that
+        does not take it within ``drain`` seconds is cut (what it was owed is then reported
+        not delivered)."""
         self.stop_accepting()
         for conn in list(self.connections.values()):
             conn.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        deadline = time.monotonic() + drain
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections.values()):
+            conn.abort()
         if self._server is not None:
             await self._server.wait_closed()
 

@@ -198,7 +198,12 @@ class Ledger:
         """The hold a reversal with these fields refers to, or None."""
         terminal_id = fields.get("41")
         original_data = fields.get("90")
-        if original_data and len(original_data) >= 20 and original_data[:4].strip("0"):
+        if (
+            original_data
+            and len(original_data) >= 20
+            and original_data[:4].isdigit()  # a made-up DE 90 is "unknown", not a crash
+            and original_data[:4].strip("0")
+        ):
             mti = base_mti(original_data[0:4])
             stan = original_data[4:10]
             transmission_time = original_data[10:20]

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import socket
 
+from gateway.io.terminals import TerminalConnection
 from gateway.sim.invariant import check
 from gateway.sim.rules import FaultRates, Rule
 from gateway.sim.terminals import TerminalFleet
 from gateway.wire.framing import Frame, encode_frame
 
-from .harness import StackFactory, auth, events, now_fields
+from .harness import Stack, StackFactory, auth, events, now_fields
 
 
 def terminal_reversal(original: dict[str, str], stan: int) -> dict[str, str]:
@@ -138,14 +139,11 @@ async def test_flapping_acquirer_under_load_keeps_the_invariant(make_stack: Stac
     assert "acquirer_link_down" in events(stack).kinds()
 
 
-async def test_a_terminal_that_reads_nothing_is_cut_and_its_approvals_reversed(
-    make_stack: StackFactory,
-) -> None:
-    """It pipelines approvals and never reads: the gateway stops reading from it (its own
-    requests wait in TCP, not its answers in the gateway's memory), cuts it after
-    write_timeout, and reverses the approvals that never left; other terminals go on."""
-    stack = await make_stack(**{"gateway.write_timeout": 1.5, "acquirer.timeout": 5.0})
-    await stack.links_up()
+async def _flood_until_blocked(
+    stack: Stack,
+) -> tuple[socket.socket, TerminalConnection, list[bytes]]:
+    """A terminal that pipelines 1,500 requests and reads nothing, with 4 KB socket buffers
+    on both ends, until the gateway's writes to it block; returns a second wave to send."""
     codec, framing = stack.service.codec, stack.service.dialect.framing
     flooder = socket.socket()
     flooder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -165,9 +163,22 @@ async def test_a_terminal_that_reads_nothing_is_cut_and_its_approvals_reversed(
     loop = asyncio.get_running_loop()
     await loop.sock_sendall(flooder, waves[0])
     await stack.settle(lambda: conn.write_blocked, what="its answers to pile up")
+    return flooder, conn, waves[1:]
+
+
+async def test_a_terminal_that_reads_nothing_is_cut_and_its_approvals_reversed(
+    make_stack: StackFactory,
+) -> None:
+    """It pipelines approvals and never reads: the gateway stops reading from it (its own
+    requests wait in TCP, not its answers in the gateway's memory), cuts it after
+    write_timeout, and reverses the approvals that never left; other terminals go on."""
+    stack = await make_stack(**{"gateway.write_timeout": 1.5, "acquirer.timeout": 5.0})
+    await stack.links_up()
+    flooder, _, waves = await _flood_until_blocked(stack)
+    loop = asyncio.get_running_loop()
     seen = stack.requests_seen("0200")
     with contextlib.suppress(TimeoutError):  # TCP's buffers fill up: the gateway reads no more
-        await asyncio.wait_for(loop.sock_sendall(flooder, waves[1]), 0.5)
+        await asyncio.wait_for(loop.sock_sendall(flooder, waves[0]), 0.5)
     assert stack.requests_seen("0200") == seen, "it kept reading from a terminal that did not"
 
     other = await stack.terminal()  # meanwhile another terminal is served as usual
@@ -213,3 +224,12 @@ async def test_half_frames_idle_peers_and_connections_over_the_limit(
     assert answer is not None and answer.get("39") == "00"
     for sock in (half, idle, third):
         sock.close()
+
+
+async def test_shutdown_cuts_a_terminal_that_takes_nothing(make_stack: StackFactory) -> None:
+    stack = await make_stack(**{"gateway.shutdown_grace": 0.2})
+    await stack.links_up()
+    flooder, conn, _ = await _flood_until_blocked(stack)
+    await asyncio.wait_for(stack.service.shutdown(), 10)
+    assert not stack.service.terminals.connections and conn.transport is None
+    flooder.close()

@@ -121,6 +121,12 @@ def test_a_reversal_of_an_unknown_or_declined_original_is_unknown() -> None:
     assert [item.stan for item in ledger.unknown_reversals] == ["000900", "000901"]
 
 
+def test_a_made_up_de90_is_an_unknown_original_not_a_crash() -> None:
+    ledger = Ledger()
+    made_up = {**reversal("000902", sale()), "90": "020X" + "0" * 38}
+    assert ledger.reverse("0400", made_up, 101.0) == (ReversalOutcome.UNKNOWN, None)
+
+
 def test_de90_must_name_the_right_terminal_mti_stan_and_time() -> None:
     ledger = Ledger()
     original = sale()

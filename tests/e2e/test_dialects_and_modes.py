@@ -6,9 +6,10 @@ import asyncio
 
 from gateway.sim.invariant import check
 from gateway.sim.rules import FaultRates, Rule
-from gateway.sim.terminals import TerminalFleet
+from gateway.sim.terminals import TerminalClient, TerminalFleet
+from gateway.wire.codec import Message
 
-from .harness import StackFactory, auth, events
+from .harness import Stack, StackFactory, auth, events
 
 FAULTS = FaultRates(drop_rate=0.05, late_rate=0.05, late=0.8, delay_rate=0.05, delay=0.1)
 
@@ -60,15 +61,24 @@ async def test_stan_rewrite_keeps_the_invariant(make_stack: StackFactory) -> Non
     assert host_stans - told_stans, "the acquirer saw the terminals' own STANs"
 
 
-async def test_graceful_restart_reverses_what_was_in_flight(make_stack: StackFactory) -> None:
-    rules = [Rule(mti=frozenset({"0200"}), fault="delay", seconds=1.0, times=1)]
+async def _one_slow_request_upstream(
+    make_stack: StackFactory, *, delay: float, grace: float
+) -> tuple[Stack, TerminalClient, asyncio.Task[Message | None]]:
+    """A gateway whose acquirer answers its first 0200 after ``delay`` seconds, and that 0200
+    on its way: the stack, the terminal, and the task awaiting its answer."""
+    rules = [Rule(mti=frozenset({"0200"}), fault="delay", seconds=delay, times=1)]
     stack = await make_stack(
-        rules=rules, **{"acquirer.timeout": 5.0, "gateway.shutdown_grace": 0.2}
+        rules=rules, **{"acquirer.timeout": 5.0, "gateway.shutdown_grace": grace}
     )
     await stack.links_up()
     terminal = await stack.terminal()
     sending = asyncio.create_task(terminal.send("0200", auth(50), timeout=3.0))
     await stack.settle(lambda: stack.requests_seen("0200") == 1, what="the request upstream")
+    return stack, terminal, sending
+
+
+async def test_graceful_restart_reverses_what_was_in_flight(make_stack: StackFactory) -> None:
+    stack, _, sending = await _one_slow_request_upstream(make_stack, delay=1.0, grace=0.2)
     stopped_events = events(stack)
     await stack.restart_gateway()  # SIGTERM-like: grace 0.2 s, then stop with it in flight
     answer = await sending  # declined at the end of the grace, not left without an answer
@@ -85,14 +95,7 @@ async def test_graceful_restart_reverses_what_was_in_flight(make_stack: StackFac
 async def test_requests_during_the_shutdown_grace_are_declined_not_forwarded(
     make_stack: StackFactory,
 ) -> None:
-    rules = [Rule(mti=frozenset({"0200"}), fault="delay", seconds=1.5, times=1)]
-    stack = await make_stack(
-        rules=rules, **{"acquirer.timeout": 5.0, "gateway.shutdown_grace": 1.0}
-    )
-    await stack.links_up()
-    terminal = await stack.terminal()
-    slow = asyncio.create_task(terminal.send("0200", auth(60), timeout=3.0))
-    await stack.settle(lambda: stack.requests_seen("0200") == 1, what="the request upstream")
+    stack, terminal, slow = await _one_slow_request_upstream(make_stack, delay=1.5, grace=1.0)
     stopping = asyncio.create_task(stack.service.shutdown())
     await asyncio.sleep(0.1)  # in the grace period now
     late = await terminal.send("0200", auth(61), timeout=0.5)

@@ -327,6 +327,8 @@ def load_config(
             raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    # Where each key's value came from, for the error message: the file unless set here.
+    origin: dict[str, str] = {}
     env = os.environ if environ is None else environ
     for name, raw in sorted(env.items()):
         if name.startswith(ENV_PREFIX):
@@ -335,19 +337,23 @@ def load_config(
                 _set_path(tree, keys, _env_value(raw))
             except ConfigError as error:
                 raise ConfigError(f"environment {name}: {error}") from None
+            origin[".".join(keys)] = f"environment {name}: "
     for dotted, value in (overrides or {}).items():
         _set_path(tree, dotted.split("."), value)
+        origin[dotted] = "command line: "
     try:
         return GatewayConfig.model_validate(tree)
     except ValidationError as error:
-        raise ConfigError(_describe(error, path)) from None
+        raise ConfigError(_describe(error, path, origin)) from None
 
 
-def _describe(error: ValidationError, path: Path | None) -> str:
-    where = f"{path}: " if path else ""
+def _describe(error: ValidationError, path: Path | None, origin: Mapping[str, str]) -> str:
+    in_file = f"{path}: " if path else ""
     lines = []
     for problem in error.errors():
         key = ".".join(str(part) for part in problem["loc"])
+        # A list item (reversal.retry_delays.1) came from where its list did.
+        where = origin.get(key) or origin.get(key.rpartition(".")[0]) or in_file
         message = problem["msg"]
         if problem["type"] == "extra_forbidden":
             message = "unknown key"

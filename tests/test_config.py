@@ -93,3 +93,18 @@ def test_flags_given_as_zero_are_validated_not_dropped() -> None:
     result = CliRunner().invoke(cli, ["serve", "--acquirer-timeout", "0"])
     assert result.exit_code != 0
     assert "acquirer.timeout: Input should be greater than 0" in result.output
+
+
+def test_errors_say_where_the_value_came_from(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text('[gateway]\nlisten = "nowhere"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(
+            path,
+            environ={"ISO_GATEWAY__REVERSAL__RETRY_DELAYS": "[1, -1]"},
+            overrides={"acquirer.timeout": 0},
+        )
+    lines = str(info.value).splitlines()[1:]
+    assert sorted(line.strip().split(": ")[0] for line in lines) == sorted(
+        [str(path), "command line", "environment ISO_GATEWAY__REVERSAL__RETRY_DELAYS"]
+    )

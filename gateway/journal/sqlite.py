@@ -163,6 +163,9 @@ _CHECKPOINT_ROWS = 500
 # Pruning deletes this many rows per transaction (~3 ms), then pauses longer than the loop's
 # first commit retry (10 ms) so that the loop gets the journal in between.
 _PRUNE_CHUNK = 1000
+# After this long without a commit, a TRUNCATE checkpoint empties the WAL file: the page images
+# it holds (PANs of settled reversals among them) do not outlive the traffic that wrote them.
+_IDLE_TRUNCATE_SECONDS = 5.0
 _PRUNE_PAUSE = 0.02
 
 _T = TypeVar("_T")
@@ -205,6 +208,9 @@ class SqliteJournal:
         self._rows_since_checkpoint = 0
         self._checkpointing = False
         self._checkpoints: set[asyncio.Task[None]] = set()
+        self._idle_check: asyncio.TimerHandle | None = None
+        self._commits_at_idle_check = 0
+        self._records_at_truncate = 0
         self.on_stats = on_stats
         self.on_error = on_error
 
@@ -269,6 +275,7 @@ class SqliteJournal:
         if self._on_loop:
             self._loop_conn = await asyncio.to_thread(self._connect, loop_side=True)
             self._state = "running"
+            self._arm_idle_check()
             return
         opened: asyncio.Future[None] = loop.create_future()
         self._writer_done = loop.create_future()
@@ -278,6 +285,7 @@ class SqliteJournal:
         self._thread.start()
         await opened
         self._state = "running"
+        self._arm_idle_check()
 
     async def close(self) -> None:
         """Write everything pending, stop the writer, close both connections.
@@ -289,6 +297,8 @@ class SqliteJournal:
         started = self._state == "running"
         self._state = "closing"
         self._closing_event.set()
+        if self._idle_check is not None:
+            self._idle_check.cancel()
         try:
             if started and self._on_loop:
                 await self._close_loop_side()
@@ -300,6 +310,9 @@ class SqliteJournal:
                 await self._writer_done
         finally:
             self._state = "closed"
+            for task in list(self._checkpoints):  # none may open the side connection again
+                with contextlib.suppress(Exception):
+                    await task
             await asyncio.to_thread(self._close_side)
         if self._fatal is not None:
             raise self._fatal
@@ -429,19 +442,36 @@ class SqliteJournal:
         if self._rows_since_checkpoint >= _CHECKPOINT_ROWS and not self._checkpointing:
             self._start_checkpoint()
 
-    def _start_checkpoint(self) -> None:
-        """Copy the WAL back into the database file from a worker thread (PASSIVE: it never
-        blocks the loop's commits), so the WAL file stays small."""
+    def _start_checkpoint(self, mode: str = "PASSIVE") -> None:
+        """Copy the WAL back into the database file from a worker thread, so the WAL file
+        stays small. PASSIVE never blocks the loop's commits; TRUNCATE (when the journal is
+        idle) also empties the file."""
         assert self._loop is not None
         self._checkpointing = True
         self._rows_since_checkpoint = 0
-        task = self._loop.create_task(self._checkpoint())
+        task = self._loop.create_task(self._checkpoint(mode))
         self._checkpoints.add(task)
         task.add_done_callback(self._checkpoints.discard)
 
-    async def _checkpoint(self) -> None:
+    def _arm_idle_check(self) -> None:
+        assert self._loop is not None
+        self._idle_check = self._loop.call_later(_IDLE_TRUNCATE_SECONDS, self._check_idle)
+
+    def _check_idle(self) -> None:
+        if self._state != "running":
+            return
+        quiet = self.commits == self._commits_at_idle_check
+        self._commits_at_idle_check = self.commits
+        written = self.records_written != self._records_at_truncate
+        if quiet and written and not self._checkpointing:
+            self._records_at_truncate = self.records_written
+            self._start_checkpoint("TRUNCATE")
+        self._arm_idle_check()
+
+    async def _checkpoint(self, mode: str = "PASSIVE") -> None:
+        statement = f"PRAGMA wal_checkpoint({mode})"
         try:
-            await self._side_call(lambda c: c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+            await self._side_call(lambda c: c.execute(statement).fetchall())
         except Exception as exc:  # the next one may succeed; the WAL only grows meanwhile
             # Not a commit error: nothing waits for a checkpoint.
             log.warning("journal_checkpoint_failed", error=f"{type(exc).__name__}: {exc}")
@@ -642,7 +672,8 @@ class SqliteJournal:
             conn.execute(f"PRAGMA synchronous={synchronous}")
             # Deleted and overwritten rows (PANs of settled reversals) are zeroed in the
             # database file. Older page images stay in the -wal file until its frames are
-            # reused after a checkpoint, or the journal closes: docs/reversal.md, "The journal".
+            # reused after a checkpoint, the journal is idle (_IDLE_TRUNCATE_SECONDS) or it
+            # closes: docs/reversal.md, "The journal".
             conn.execute("PRAGMA secure_delete=ON")
             _ensure_schema(conn, self.path)
             if loop_side:

@@ -485,3 +485,24 @@ async def test_commits_on_the_loop_are_checkpointed_off_it(
     finally:
         await journal.close()
     assert len(raw_rows(journal_path, "SELECT txn_id FROM authorizations")) == 120
+
+
+async def test_an_idle_journal_empties_its_wal(
+    journal: SqliteJournal, journal_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settled PANs are zeroed in the database file; the WAL's old page images go once the
+    journal has been idle a moment (a TRUNCATE checkpoint)."""
+    monkeypatch.setattr(sqlite_module, "_IDLE_TRUNCATE_SECONDS", 0.1)
+    journal._idle_check.cancel()  # type: ignore[union-attr]
+    journal._arm_idle_check()  # at the patched interval
+    journal.put(make_auth(1, AuthState.IN_FLIGHT, reversal_fields={"2": PAN}))
+    await journal.flush()
+    journal.put(make_auth(1, AuthState.DELIVERED))
+    await journal.flush()
+    wal = Path(f"{journal_path}-wal")
+    assert PAN.encode() in wal.read_bytes()
+    deadline = asyncio.get_running_loop().time() + 5
+    while wal.stat().st_size and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    assert wal.stat().st_size == 0
+    assert PAN.encode() not in journal_path.read_bytes()  # secure_delete: zeroed there too

@@ -133,6 +133,11 @@ class GatewayCore:
             name for name in dialect.response_echo_fields if name not in dialect.sensitive_fields
         )
         self._source_fields = source_field_names(dialect)
+        # Match fields a terminal's reversal repeats from its original besides DE 41 and 11
+        # (not DE 7, 12, 13: a reversal has its own times).
+        self._identity_fields = tuple(
+            f for f in dialect.match_fields if f not in ("7", "11", "12", "13", "41")
+        )
         # Responses are found by (MTI, this field) in one lookup, then compared on the rest.
         self._index_field = "11" if "11" in dialect.match_fields else dialect.match_fields[0]
         self._rewrite = settings.stan_mode == "rewrite"
@@ -266,6 +271,7 @@ class GatewayCore:
             if record.state not in OPEN_AUTH_STATES:
                 continue
             auth = Authorization.from_record(record)
+            auth.identity = tuple(record.reversal_fields.get(f) for f in self._identity_fields)
             auths[auth.txn_id] = auth
             self._open_auths += 1
             self._by_terminal.setdefault((auth.terminal_id, auth.stan), []).append(auth)
@@ -289,6 +295,7 @@ class GatewayCore:
                 expires_at=max(_expiry_of(saved, self.settings.reversal_expiry), now),
             )
             self._stans.hold(saved.stan)
+            rev.last_chance = rev.expires_at <= now
             rev.updated_at = saved.updated_at
             rev.attempts = saved.attempts
             # Sent before the crash, or requeued after attempts (updated since created).
@@ -403,6 +410,7 @@ class GatewayCore:
             self._next_txn_id += 1
             self._open_auths += 1
             pending.auth = auth
+            auth.identity = tuple(fields.get(f) for f in self._identity_fields)
             self._by_terminal.setdefault((auth.terminal_id, terminal_stan), []).append(auth)
             # Journal before you send: the shell holds the forward until this is durable.
             out.append(Persist(auth.record()))
@@ -753,6 +761,7 @@ class GatewayCore:
         DE 7) and DE 41 when it carries DE 90, else by DE 41 + DE 11 + DE 4 (CUP terminals
         resend the original's STAN)."""
         terminal_id = fields.get("41")
+        identity = tuple(fields.get(f) for f in self._identity_fields)
         original_data = fields.get("90")
         if original_data and len(original_data) >= 20:
             original_mti = original_data[:4]
@@ -761,14 +770,18 @@ class GatewayCore:
             sent_at = original_data[10:20]
             base = base_mti(original_mti)
             for auth in reversed(self._by_terminal.get((terminal_id, original_data[4:10]), ())):
-                if (auth.transmission_time or "0000000000") == sent_at and base_mti(
-                    auth.mti
-                ) == base:
+                if (
+                    (auth.transmission_time or "0000000000") == sent_at
+                    and base_mti(auth.mti) == base
+                    and _same_identity(identity, auth.identity)
+                ):
                     return auth
             return None
         amount = fields.get("4")
         for auth in reversed(self._by_terminal.get((terminal_id, fields.get("11")), ())):
-            if amount is None or auth.amount is None or auth.amount == amount:
+            if (amount is None or auth.amount is None or auth.amount == amount) and (
+                _same_identity(identity, auth.identity)
+            ):
                 return auth
         return None
 
@@ -1003,9 +1016,11 @@ class GatewayCore:
 
     def _send_attempt(self, rev: Reversal, now: float, out: list[Command]) -> None:
         link_id = self._next_link()
+        # A repeat (0401/0421) whenever one went out before, also after an operator's
+        # requeue restarted the attempt count.
+        mti = attempt_mti(rev.mti, 2 if rev.sent_before else 1)
         self._mark_sent(rev, link_id, now, out)
         message = {**rev.fields, "7": transmission_time(now)}
-        mti = attempt_mti(rev.mti, rev.attempts)
         out.append(SendToAcquirer(link_id, mti, message, rev.tpdu, rev.header))
 
     def _mark_sent(self, rev: Reversal, link_id: int, now: float, out: list[Command]) -> None:
@@ -1013,6 +1028,7 @@ class GatewayCore:
         self._parked.pop(rev, None)
         rev.state = ReversalState.SENT
         rev.sent_before = True
+        rev.last_chance = False
         rev.attempts += 1
         rev.link_id = link_id
         rev.next_attempt_at = None
@@ -1061,7 +1077,7 @@ class GatewayCore:
             rev.forwarded = None
             self._attempt_failed(rev, now, out)
         elif rev.state is ReversalState.OWED:  # its next attempt is due, or it expired
-            if now >= rev.expires_at:
+            if now >= rev.expires_at and not rev.last_chance:
                 self._fail(rev, now, out)
             elif self._primary is None:
                 self._park(rev)
@@ -1123,9 +1139,13 @@ class GatewayCore:
             self._timers.arm(rev, rev.next_attempt_at)
 
     def _park(self, rev: Reversal) -> None:
-        """No link: the reversal waits (no attempt counted) and fails only at its expiry."""
+        """No link: the reversal waits (no attempt counted) and fails only at its expiry (one
+        recovered past its expiry waits for its last attempt: no timer until a link is up)."""
         self._parked[rev] = None
-        self._timers.arm(rev, rev.expires_at)
+        if rev.last_chance:
+            self._timers.cancel(rev)
+        else:
+            self._timers.arm(rev, rev.expires_at)
 
     def _drain(self, now: float) -> None:
         """A link is up: the reversals that waited for one leave at the drain rate."""
@@ -1244,6 +1264,11 @@ class GatewayCore:
         decline = {name: fields[name] for name in self._echo_fields if name in fields}
         decline["39"] = self.dialect.decline_code
         return decline
+
+
+def _same_identity(asked: tuple[str | None, ...], known: tuple[str | None, ...]) -> bool:
+    """A field either side lacks cannot tell them apart; one both carry must agree."""
+    return all(a is None or b is None or a == b for a, b in zip(asked, known, strict=False))
 
 
 def _same_amount(original: Mapping[str, str], repeat: Mapping[str, str]) -> bool:

@@ -112,6 +112,9 @@ class Authorization:
     pending: Pending | None = None
     reversal: Reversal | None = None
     deliveries: dict[int, None] = field(default_factory=dict)  # refs not yet reported
+    # The dialect's other identity fields (DE 42 for CUP: a terminal id is unique only within
+    # its merchant), kept after reversal_fields is cleared, to tie a terminal's reversal.
+    identity: tuple[str | None, ...] = ()
     closed_at: float | None = None
     timer_seq: int = 0
 
@@ -192,6 +195,7 @@ class Reversal:
     last_response_code: str | None = None
     link_id: int | None = None
     sent_before: bool = False  # an attempt went out (attempts restart at 0 on requeue)
+    last_chance: bool = False  # recovered past its expiry: one attempt before it fails
     waiters: dict[int, Waiter] = field(default_factory=dict)
     # The terminal whose own message is the attempt on the wire, and the replace that restores
     # its STAN: that terminal gets the acquirer's answer byte for byte.

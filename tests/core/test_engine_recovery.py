@@ -222,3 +222,26 @@ def test_a_reversal_retried_while_no_gateway_ran_gets_a_full_budget_at_start() -
     fresh.log.extend(fresh.core.recover(fresh.now))
     fresh.link_up(1)
     assert len(sent_reversals(fresh.run_until(fresh.now + 90))) == 2
+
+
+def test_a_reversal_past_its_expiry_at_restart_gets_one_more_attempt() -> None:
+    # Owed, its expiry passed while the gateway was down: one attempt, then failed.
+    rules = settings(reversal_expiry=100.0, max_attempts=20)
+    h = Harness(rules)
+    h.request(sale())
+    h.run_until(h.now + 40)  # timed out; its reversal sent, unanswered, repeated
+    assert sent_reversals(h.log)
+    auths, revs = journal(h.log)
+    assert [r.state for r in revs] == [ReversalState.OWED]
+    # The gateway was down for 1,000 s meanwhile: past its expiry when it starts again.
+    fresh = Harness(
+        rules, links=(), now=h.now + 1000, open_authorizations=auths, open_reversals=revs
+    )
+    fresh.core.recover(fresh.now)
+    fresh.link_up(1)
+    out = fresh.run_until(fresh.now + 1)
+    [attempt] = sent_reversals(out)
+    assert attempt.mti == "0401"  # the host saw it before
+    assert not [r for r in reversal_records(out) if r.state is ReversalState.FAILED]
+    out = fresh.run_until(fresh.now + 60)  # unanswered again: now it fails
+    assert [r.state for r in reversal_records(out)][-1] is ReversalState.FAILED

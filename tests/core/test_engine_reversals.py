@@ -149,7 +149,7 @@ def test_max_attempts_then_failed_then_requeued() -> None:
     assert reversal_records(out)[0].attempts == 0
     out = h.advance(0)
     [again] = sent_reversals(out)
-    assert again.mti == "0400"  # attempts start over
+    assert again.mti == "0401"  # attempts start over, but the host saw this reversal: a repeat
     out = h.respond(reversal_answer(again), mti="0410")
     assert reversal_records(out)[0].state is ReversalState.ACKNOWLEDGED
     assert h.core.stats()["reversals_failed"] == 0

@@ -189,6 +189,25 @@ def test_cup_same_stan_reversal_is_tied_by_stan_and_amount() -> None:
     assert not records(out)
 
 
+def test_a_terminal_id_shared_by_two_merchants_ties_each_reversal_to_its_own() -> None:
+    """CUP: a terminal id is unique only within its merchant (DE 42 is a match field). Two
+    merchants' terminals with one id and one STAN: each 0400 reverses its own original."""
+    rules = ReversalRules(stan="original")
+    cup_like = make_dialect(
+        reversal=rules, match_fields=("41", "42", "11"), duplicate_fields=("41", "42", "11", "4")
+    )
+    h = Harness(dialect=cup_like)
+    ours = {**sale("000403"), "42": "850100082410999"}
+    theirs = {**sale("000403"), "42": "850100082410002"}
+    h.request(ours, conn=2)
+    h.request(theirs, conn=1)
+    out = h.request(cup_reversal(ours), conn=2, mti="0400")
+    [rev] = [r for r in reversal_records(out) if r.state is ReversalState.SENT]
+    assert rev.txn_id == 1  # ours, not the other merchant's request in flight
+    out = h.respond(answer(theirs, de42=theirs["42"]))
+    assert [c.conn_id for c in to_terminal(out)] == [1]  # their approval still reaches them
+
+
 def test_terminal_reversal_with_no_link_is_owed_and_declined() -> None:
     h = Harness()
     original = sale()

@@ -87,16 +87,20 @@ async def serve(config: GatewayConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    for component in components:
-        await component.start()
-    await service.start()
-    tune_gc()  # after start-up and recovery: what is alive now lives as long as the process
+    started: list[Component] = []
     try:
+        # Inside the try: a start-up that fails halfway (the listen port taken) still stops
+        # what did start, links included, and the process exits with the error.
+        for component in components:
+            await component.start()
+            started.append(component)
+        await service.start()
+        tune_gc()  # after start-up and recovery: what is alive now lives as long as the process
         await stop.wait()
         log.info("shutdown_requested", grace_seconds=config.gateway.shutdown_grace)
     finally:
         await service.shutdown()
-        for component in reversed(components):
+        for component in reversed(started):
             await component.stop()
         flush_logs()
         for sig in (signal.SIGTERM, signal.SIGINT):

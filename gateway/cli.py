@@ -7,14 +7,16 @@ No command prints a full PAN, track data or PIN block.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -22,14 +24,18 @@ from gateway.app import run
 from gateway.cliutil import Failure
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.core.records import OPEN_REVERSAL_STATES, ReversalRecord, ReversalState
+from gateway.journal.base import JournalError
 from gateway.journal.sqlite import SqliteJournal
 from gateway.ops import status as gateway_status
+from gateway.ops.mqtt import MqttConfigError
 from gateway.replay.commands import capture, replay
 from gateway.sim.commands import sim
 from gateway.wire.codec import Codec, CodecError
 from gateway.wire.dialect import DialectError, find_dialects, get_dialect
 from gateway.wire.framing import LENGTH_HEADERS, FramingError, read_frame
 from gateway.wire.masking import mask_pan
+
+_T = TypeVar("_T")
 
 
 @click.group()
@@ -263,8 +269,10 @@ def serve(
         raise Failure(str(error)) from None
     try:
         run(config)
-    except ConfigError as error:  # what only the dialect shows (the link's own 0800s)
+    except (ConfigError, MqttConfigError) as error:  # what only start-up shows
         raise Failure(str(error)) from None
+    except OSError as error:  # the listen port (or another) taken, a path not writable
+        raise Failure(f"cannot start: {error}") from None
 
 
 # saf: the store-and-forward queue of reversals -----------------------------------------------
@@ -275,7 +283,30 @@ def _journal_for(config_path: Path | None, journal: Path | None) -> SqliteJourna
     path = config.journal_path
     if not path.exists():
         raise Failure(f"no journal at {path} (use --journal or --config)")
+    # Look before opening it as a journal, which would add the schema to any SQLite file.
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.Error:
+        version = None
+    if version is None:
+        raise Failure(f"{path} is not a gateway journal")
     return SqliteJournal(path)
+
+
+def _on_journal(store: SqliteJournal, work: Coroutine[Any, Any, _T]) -> _T:
+    """Run one journal operation for a command; its errors as one line, never a traceback."""
+    try:
+        return asyncio.run(work)
+    except sqlite3.OperationalError as error:
+        if "locked" in str(error):
+            raise Failure(
+                f"journal {store.path} is locked by another writer (a gateway committing, "
+                "a prune): try again"
+            ) from None
+        raise Failure(f"journal {store.path}: {error}") from None
+    except (sqlite3.Error, JournalError) as error:
+        raise Failure(f"journal {store.path}: {error}") from None
 
 
 journal_options = [
@@ -305,7 +336,7 @@ def saf_list(config_path: Path | None, journal: Path | None, show_all: bool, as_
     """Show owed, sent and failed reversals (PAN masked)."""
     store = _journal_for(config_path, journal)
     states = set(ReversalState) if show_all else set(OPEN_REVERSAL_STATES)
-    rows = [_reversal_row(r) for r in asyncio.run(store.list_reversals(states))]
+    rows = [_reversal_row(r) for r in _on_journal(store, store.list_reversals(states))]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -362,8 +393,11 @@ def saf_retry(
     """Put failed reversals back in the queue (a running gateway picks them up within 1 s)."""
     if bool(reversal_ids) == all_failed:
         raise click.UsageError("give reversal IDs or --all-failed (not both)")
+    if any(not 0 < rid < 2**63 for rid in reversal_ids):
+        raise click.BadParameter("reversal IDs are positive numbers", param_hint="REVERSAL_IDS")
     store = _journal_for(config_path, journal)
-    requeued = asyncio.run(store.requeue_failed(None if all_failed else list(reversal_ids)))
+    ids = None if all_failed else list(reversal_ids)
+    requeued = _on_journal(store, store.requeue_failed(ids))
     missing = sorted(set(reversal_ids) - set(requeued))
     if requeued:
         click.echo(f"requeued {len(requeued)} reversal(s): {', '.join(map(str, requeued))}")
@@ -416,7 +450,7 @@ def status(
             raise Failure(str(error)) from None
     if summary is None:
         store = _journal_for(config_path, journal)
-        authorizations, reversals = asyncio.run(store.load_open())
+        authorizations, reversals = _on_journal(store, store.load_open())
         summary = gateway_status.status_from_journal(authorizations, reversals, time.time())
         summary["path"] = str(store.path)
     if as_json:

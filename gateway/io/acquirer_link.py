@@ -140,6 +140,10 @@ class AcquirerLink:
     async def _run(self) -> None:
         attempt = 0
         while not self._stopping:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Python 3.11's wait_for can swallow a cancel that lands as a connect fails.
+                raise asyncio.CancelledError
             connected = await self._connect_any()
             if connected:
                 attempt = 0

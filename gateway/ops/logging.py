@@ -39,6 +39,7 @@ _LEVEL_NAMES = {n: logging.getLevelName(n).lower() for n in sorted(set(_LEVELS.v
 
 # The shortest thing redact_text masks is a 13-digit PAN: shorter strings cannot leak one.
 _SHORTEST_PAN = 13
+_PAN_SIZED = 10 ** (_SHORTEST_PAN - 1)  # integers from here on have as many digits as a PAN
 
 
 def redact_value(value: Any) -> Any:
@@ -47,6 +48,8 @@ def redact_value(value: Any) -> Any:
     renderer would otherwise print through ``str()``."""
     if isinstance(value, str):
         return redact_text(value) if len(value) >= _SHORTEST_PAN else value
+    if isinstance(value, int) and not -_PAN_SIZED < value < _PAN_SIZED:
+        return redact_value(str(value))  # a PAN held as a number is still a PAN
     if value is None or isinstance(value, int | float):  # bool is an int
         return value
     if isinstance(value, dict):
@@ -136,6 +139,8 @@ class _LineWriter:
         self._flush_soon: asyncio.Handle | None = None
         self._flush_later: asyncio.TimerHandle | None = None
         self._flush_loop: asyncio.AbstractEventLoop | None = None  # where those are scheduled
+        self.broken: OSError | None = None  # the stream failed: lines are dropped from then on
+        self.dropped = 0  # bytes not written because of it
 
     def msg(self, message: bytes | str) -> None:
         """An info or debug line: written within ``LINGER_SECONDS``."""
@@ -178,8 +183,17 @@ class _LineWriter:
                 self._write(lines)
 
     def _write(self, data: bytes | bytearray) -> None:
-        self._stream.write(data)
-        self._stream.flush()
+        if self.broken is not None:
+            self.dropped += len(data)
+            return
+        try:
+            self._stream.write(data)
+            self._stream.flush()
+        except OSError as error:
+            # The reader is gone (EPIPE) or the disk is full: the transactions must go on,
+            # and an error logged about this would only fail the same way, again and again.
+            self.broken = error
+            self.dropped += len(data)
 
     log = debug = info = msg
     warn = warning = error = critical = exception = fatal = msg_soon
@@ -208,7 +222,11 @@ class _JsonEvents:
         if _BOUND_VARS is not None:
             merge_bound_context(None, level_name, line)
         for key, value in line.items():  # redact_processor's loop, inlined
-            if not (value is None or type(value) is int or type(value) is float):
+            if not (
+                value is None
+                or (type(value) is int and -_PAN_SIZED < value < _PAN_SIZED)
+                or type(value) is float
+            ):
                 line[key] = redact_value(value)
         line["level"] = level_name
         line["timestamp"] = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")

@@ -512,7 +512,8 @@ class GatewayCollector:
         if dropped is not None:
             family = CounterMetricFamily(
                 PREFIX + "mqtt_events_dropped",
-                "Events not published because the queue was full or the broker was away.",
+                "Events not published: the queue was full (while the broker is away, events queue "
+                "up to mqtt.queue_size).",
             )
             family.add_metric([], dropped)
             yield family

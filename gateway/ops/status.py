@@ -194,7 +194,7 @@ def _attention(status: Mapping[str, Any]) -> list[str]:
         )
     mqtt = status.get("mqtt")
     if mqtt is not None and not mqtt["connected"]:
-        notes.append("MQTT publisher disconnected: events are being dropped")
+        notes.append("MQTT publisher disconnected: events queue up, beyond the queue dropped")
     return notes
 
 
@@ -263,7 +263,10 @@ def render(status: Mapping[str, Any]) -> str:
         f"oldest owed {_age(reversals['oldest_owed_age_seconds'])}"
     )
     if status["source"] == "journal":
-        lines.append(f"source         journal {status.get('path', '')} (gateway not running)")
+        lines.append(
+            f"source         journal {status.get('path', '')} (a snapshot: a running gateway "
+            "may be handling some of this)"
+        )
         lines.append(f"reversals      {owed_line}")
         lines.append(
             f"in doubt       {status['in_doubt_authorizations']} authorization(s), oldest "

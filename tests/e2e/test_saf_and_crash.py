@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -63,6 +64,24 @@ async def test_failed_reversal_then_saf_retry(make_stack: StackFactory) -> None:
 def test_saf_retry_needs_ids_or_all_failed(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["saf", "retry", "--journal", str(tmp_path / "j.sqlite3")])
     assert result.exit_code == 2 and "--all-failed" in result.output
+
+
+def test_journal_commands_refuse_what_is_not_a_journal(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    with contextlib.closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    before = other.read_bytes()
+    for target in (other, tmp_path):  # another SQLite database; a directory
+        for args in (["saf", "list"], ["saf", "retry", "1"], ["status"]):
+            result = CliRunner().invoke(cli, [*args, "--journal", str(target)])
+            assert result.exit_code == 1, (args, result.output)
+            assert f"{target} is not a gateway journal" in result.output
+            assert "Traceback" not in result.output
+    assert other.read_bytes() == before  # no schema added to it
+    result = CliRunner().invoke(
+        cli, ["saf", "retry", "99999999999999999999", "--journal", str(other)]
+    )
+    assert result.exit_code == 2 and "positive numbers" in result.output
 
 
 def _free_port() -> int:
@@ -187,3 +206,20 @@ async def test_a_request_whose_journal_commit_came_too_late_is_never_sent(
     await stack.no_reversals_open()  # its reversal: answered "unknown original", resolved
     assert stack.requests_seen("0200") == 0
     assert stack.holds() == []
+
+
+def test_a_start_that_fails_halfway_exits_with_the_reason(tmp_path: Path) -> None:
+    """The listen port is taken: the links already started are stopped and the process ends
+    with one line (it once hung, reconnecting to the acquirer forever, deaf to SIGTERM)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--listen", f"127.0.0.1:{port}",
+             "--acquirer", "127.0.0.1:9", "--data-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert "error: cannot start:" in done.stderr and "address already in use" in done.stderr
+    assert "Traceback" not in done.stderr

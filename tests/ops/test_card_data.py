@@ -18,7 +18,7 @@ import orjson
 import pytest
 import structlog
 
-from gateway.ops.logging import configure_logging, flush_logs
+from gateway.ops.logging import configure_logging, flush_logs, log_event
 from gateway.ops.mqtt import MqttPublisher
 from gateway.ops.sink import LogSink
 from gateway.sim.rules import Rule
@@ -164,3 +164,12 @@ async def test_no_card_secret_in_logs_or_mqtt_payloads(
     for name, secret in SECRETS.items():
         for where, text in [("logs", logs), *(("MQTT", p) for p in payloads)]:
             assert secret.lower() not in text.lower(), f"the {name} appears in {where}"
+
+
+def test_a_pan_held_as_a_number_is_masked_too(all_logs: io.StringIO) -> None:
+    structlog.get_logger("test").info("odd_event", pan_as_number=int(PAN), small=12345)
+    log_event(logging.INFO, "odd_notice", {"pan_as_number": int(PAN), "txn_id": 7})
+    flush_logs()
+    text = all_logs.getvalue()
+    assert PAN not in text and text.count("476173******0119") == 2
+    assert "12345" in text

@@ -384,3 +384,32 @@ def test_lines_of_a_later_event_loop_are_written_too(captured_logs: Configure) -
     asyncio.run(log_and_wait())
     events = [line["event"] for line in map(orjson.loads, stream.getvalue().splitlines())]
     assert events == ["first", "second"]
+
+
+class _BrokenPipe(io.BytesIO):
+    """A stream whose reader went away after the first write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: Any) -> int:
+        self.writes += 1
+        if self.writes > 1:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(data)
+
+
+async def test_a_log_stream_that_breaks_stops_being_written_and_nothing_else() -> None:
+    stream = _BrokenPipe()
+    writer = _LineWriter(stream)
+    writer.msg(b"first")
+    writer.flush()
+    writer.msg_soon(b"second")  # EPIPE: remembered, not raised into the loop
+    await asyncio.sleep(0)
+    writer.msg_soon(b"third")
+    await asyncio.sleep(0)
+    assert isinstance(writer.broken, BrokenPipeError)
+    assert stream.writes == 2  # not retried line after line
+    assert writer.dropped == len(b"second\n") + len(b"third\n")
+    assert stream.getvalue() == b"first\n"

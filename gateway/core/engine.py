@@ -500,16 +500,24 @@ class GatewayCore:
             return None
         values = values_of(fields, self._match_fields)
         fallback: _Matchable | None = None
+        # A request the answer's echoed times or RRN contradict: the answer is another
+        # request's with the same key (a STAN reused while the first one's answer was late).
+        contradicted: Pending | None = None
         for candidate in candidates:
             if values_agree(candidate.match_values, values):
                 if isinstance(candidate, Pending):
+                    if _contradicts(candidate.fields, fields):
+                        if contradicted is None or candidate.phase is Phase.AWAITING:
+                            contradicted = candidate
+                        continue
                     if candidate.phase is Phase.AWAITING:
                         return candidate
                 elif candidate.state is ReversalState.SENT:
                     return candidate
                 if fallback is None:
                     fallback = candidate
-        return fallback
+        # An acquirer that does not echo them as sent contradicts every request: as before.
+        return fallback or contradicted
 
     def _on_answer(
         self, pending: Pending, event: AcquirerResponse, now: float, out: list[Command]
@@ -1264,6 +1272,18 @@ class GatewayCore:
         decline = {name: fields[name] for name in self._echo_fields if name in fields}
         decline["39"] = self.dialect.decline_code
         return decline
+
+
+# Echoed as the terminal sent them: they tell two requests with one key apart.
+_TELLING_FIELDS = ("7", "12", "13", "37")
+
+
+def _contradicts(request: Mapping[str, str], response: Mapping[str, str]) -> bool:
+    for name in _TELLING_FIELDS:
+        sent, echoed = request.get(name), response.get(name)
+        if sent and echoed and sent != echoed:
+            return True
+    return False
 
 
 def _same_identity(asked: tuple[str | None, ...], known: tuple[str | None, ...]) -> bool:

@@ -147,3 +147,20 @@ def test_a_request_being_reversed_is_remembered_beyond_the_window() -> None:
     h.respond({"11": sent.fields["11"], "41": "TERM0001", "39": "00"}, mti="0410")
     h.advance(1.5)
     assert h.core.stats()["lingering"] == 0
+
+
+def test_the_late_answer_of_a_timed_out_request_is_not_taken_for_its_stans_next_user() -> None:
+    """A STAN reused by a new sale while the first one's answer is late: the answers echo
+    DE 7 (and 12, 13, 37) as sent, which tells them apart by more than the key."""
+    h = Harness()
+    first = sale("003316")
+    h.request(first)
+    h.advance(15)  # timed out: declined, reversed
+    second = sale("003316", de4="000000005000", de7="0908064600", de12="064600")
+    assert forwards(h.request(second))
+    out = h.respond(answer(first, "51", de7=first["7"]))  # the first one's late decline
+    assert notices(out, "late_response") and not to_terminal(out)
+    out = h.respond(answer(second, de7=second["7"]))
+    [approved] = auth_records(out)
+    assert approved.txn_id == 2 and approved.state is AuthState.APPROVED
+    assert to_terminal(out)  # the second sale's approval reaches its terminal

@@ -211,13 +211,21 @@ class MqttPublisher:
         self._stopping = True
         self._stop_requested.set()
         self._wakeup.set()
+        timed_out = False
         try:
             await asyncio.wait_for(asyncio.shield(task), self._stop_timeout)
         except TimeoutError:
+            timed_out = True
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            log.warning("mqtt_stop_timeout", unpublished=len(self._queue))
+        left = len(self._queue)
+        if left or timed_out:
+            # The broker away at stop (or too slow): what is still queued is lost; said and
+            # counted like any other drop.
+            self.dropped += left
+            self._queue.clear()
+            log.warning("mqtt_events_unpublished_at_stop", unpublished=left, timed_out=timed_out)
 
     def _make_tls_context(self) -> ssl.SSLContext:
         """A missing or bad file is a configuration error: said at start, not retried."""

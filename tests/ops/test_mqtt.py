@@ -462,6 +462,8 @@ async def test_a_closed_port_from_the_start_changes_nothing_for_terminals(
         assert (publisher.queued, publisher.dropped, publisher.published) == (5, 7, 0)
         await wait_until(lambda: publisher.last_error is not None, "a failed attempt")
         assert "refused" in (publisher.last_error or "").lower()
+    # Stopped with the broker still away: the five queued events are lost, and counted.
+    assert (publisher.queued, publisher.dropped) == (0, 12)
 
 
 @pytest.mark.services

@@ -24,6 +24,7 @@ import datetime
 import logging
 import sys
 import threading
+from collections import deque
 from collections.abc import Mapping, MutableMapping
 from typing import Any, Literal, Protocol, TextIO
 
@@ -125,10 +126,16 @@ class _LineWriter:
     a thousand transactions a second. A process killed outright (SIGKILL) can lose the info
     lines of its last ``LINGER_SECONDS``; the journal, not the log, is the record of what is
     owed. Elsewhere (other threads, no loop) each line is written at once.
+
+    The loop never writes itself: it hands what gathered to a writer thread, so a reader of the
+    stream that stalls (a log shipper, a full pipe) stalls no transaction. Beyond
+    ``MAX_QUEUED_BYTES`` waiting for that thread, lines are dropped and counted (``dropped``).
+    ``flush_logs()`` waits for the thread.
     """
 
     LINGER_SECONDS = 0.05
     FLUSH_BYTES = 64 * 1024
+    MAX_QUEUED_BYTES = 16 * 1024 * 1024
 
     def __init__(self, stream: _BinaryStream) -> None:
         self._stream = stream
@@ -140,7 +147,13 @@ class _LineWriter:
         self._flush_later: asyncio.TimerHandle | None = None
         self._flush_loop: asyncio.AbstractEventLoop | None = None  # where those are scheduled
         self.broken: OSError | None = None  # the stream failed: lines are dropped from then on
-        self.dropped = 0  # bytes not written because of it
+        self.dropped = 0  # bytes not written: the stream broken, or too much waiting for it
+        # The writer thread's side: chunks to write, guarded by _handover.
+        self._handover = threading.Condition()
+        self._chunks: deque[bytes | bytearray] = deque()
+        self._queued = 0  # bytes in _chunks and in the write under way
+        self._thread: threading.Thread | None = None
+        self._stream_lock = threading.Lock()  # one write at a time: the thread or a non-loop caller
 
     def msg(self, message: bytes | str) -> None:
         """An info or debug line: written within ``LINGER_SECONDS``."""
@@ -156,10 +169,12 @@ class _LineWriter:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        with self._lock:
-            if loop is None or loop.is_closed():
+        if loop is None or loop.is_closed():
+            self.wait_written(1.0)  # after what the thread still holds, not before
+            with self._stream_lock:
                 self._write(data + b"\n")
-                return
+            return
+        with self._lock:
             self._pending += data
             self._pending += b"\n"
             if loop is not self._flush_loop:
@@ -179,8 +194,39 @@ class _LineWriter:
                     handle.cancel()
             self._flush_soon = self._flush_later = None
             lines, self._pending = self._pending, bytearray()
-            if lines:
-                self._write(lines)
+        if lines:
+            self._hand_over(lines)
+
+    def _hand_over(self, lines: bytearray) -> None:
+        with self._handover:
+            if self._queued + len(lines) > self.MAX_QUEUED_BYTES:
+                self.dropped += len(lines)  # the reader fell this far behind: drop, not wait
+                return
+            self._chunks.append(lines)
+            self._queued += len(lines)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._write_chunks, name="log-writer", daemon=True
+                )
+                self._thread.start()
+            self._handover.notify()
+
+    def _write_chunks(self) -> None:
+        while True:
+            with self._handover:
+                while not self._chunks:
+                    self._handover.wait()
+                chunk = self._chunks.popleft()
+            with self._stream_lock:  # not _lock: the loop appends lines meanwhile
+                self._write(chunk)
+            with self._handover:
+                self._queued -= len(chunk)
+                self._handover.notify_all()
+
+    def wait_written(self, timeout: float) -> bool:
+        """Wait until the writer thread has written what it was handed (False: timed out)."""
+        with self._handover:
+            return self._handover.wait_for(lambda: self._queued == 0, timeout)
 
     def _write(self, data: bytes | bytearray) -> None:
         if self.broken is not None:
@@ -202,10 +248,18 @@ class _LineWriter:
 _writers: list[_LineWriter] = []  # the one configure_logging set up last
 
 
-def flush_logs() -> None:
-    """Write every line still lingering now (before reading the stream, or at shutdown)."""
+def wait_logs_written(timeout: float = 5.0) -> None:
+    """Wait until what was flushed has reached the stream (lines still lingering stay)."""
+    for writer in _writers:
+        writer.wait_written(timeout)
+
+
+def flush_logs(timeout: float = 5.0) -> None:
+    """Write every line still lingering now, and wait (at most ``timeout``) until it is
+    written: before reading the stream, or at shutdown."""
     for writer in _writers:
         writer.flush()
+        writer.wait_written(timeout)
 
 
 class _JsonEvents:

@@ -7,6 +7,8 @@ import asyncio
 import io
 import logging
 import sqlite3
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from gateway.ops.logging import (
     log_context_var,
     log_event,
     merge_bound_context,
+    wait_logs_written,
 )
 from gateway.ops.mqtt import MqttPublisher
 from gateway.ops.sink import FanOut, LogSink
@@ -243,6 +246,7 @@ async def test_on_the_loop_info_lines_linger_and_warnings_go_out_at_the_iteratio
     assert stream.getvalue() == ""  # gathered, not one write per line
     logger.warning("trouble")
     await asyncio.sleep(0)
+    wait_logs_written()  # the writer thread's write
     # A warning takes the lines before it along, in order.
     assert [line["event"] for line in map(orjson.loads, stream.getvalue().splitlines())] == [
         "first",
@@ -251,6 +255,7 @@ async def test_on_the_loop_info_lines_linger_and_warnings_go_out_at_the_iteratio
     ]
     logger.info("third")
     await asyncio.sleep(_LineWriter.LINGER_SECONDS * 3)
+    wait_logs_written()
     assert stream.getvalue().splitlines()[-1].find('"third"') > 0  # written without a flush
 
 
@@ -407,9 +412,36 @@ async def test_a_log_stream_that_breaks_stops_being_written_and_nothing_else() -
     writer.flush()
     writer.msg_soon(b"second")  # EPIPE: remembered, not raised into the loop
     await asyncio.sleep(0)
+    writer.wait_written(1)
     writer.msg_soon(b"third")
     await asyncio.sleep(0)
+    assert writer.wait_written(1)
     assert isinstance(writer.broken, BrokenPipeError)
     assert stream.writes == 2  # not retried line after line
     assert writer.dropped == len(b"second\n") + len(b"third\n")
     assert stream.getvalue() == b"first\n"
+
+
+class _StalledReader(io.BytesIO):
+    """A stream whose reader stopped reading: every write blocks until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, data: Any) -> int:
+        self.release.wait(10)
+        return super().write(data)
+
+
+async def test_a_stalled_log_reader_stalls_no_transaction() -> None:
+    stream = _StalledReader()
+    writer = _LineWriter(stream)
+    started = time.perf_counter()
+    for n in range(200):
+        writer.msg_soon(f"line {n}".encode())
+        await asyncio.sleep(0)  # the end of an iteration: each warning is handed over
+    assert time.perf_counter() - started < 1.0, "the loop waited for the log stream"
+    stream.release.set()
+    assert writer.wait_written(5)
+    assert stream.getvalue().splitlines() == [f"line {n}".encode() for n in range(200)]

@@ -63,6 +63,8 @@ OTHER_KINDS = (
 MQTT_PORT = 1883
 MQTTS_PORT = 8883
 OPERATION_TIMEOUT = 10.0  # seconds for a CONNACK or a PUBACK
+# A connection that lasted this long ended an outage (its loss starts a new one).
+STABLE_SECONDS = 10.0
 STOP_TIMEOUT = 2.0  # seconds stop() gives the queue to drain before going offline
 
 
@@ -164,6 +166,7 @@ class MqttPublisher:
         self._tls_context: ssl.SSLContext | None = None
         self.connected = False
         self.connections = 0  # successful connects, so reconnects = connections - 1
+        self._connected_at = 0.0  # when the last connection came up (monotonic)
         self.last_error: str | None = None  # why the last connection failed or ended
         self.dropped = 0
         self.published = 0
@@ -260,8 +263,12 @@ class MqttPublisher:
             except Exception as error:  # whatever it is, the answer is: reconnect later
                 was_connected = self.connections > connections
                 self.last_error = _describe(error)
-                failures = 1 if was_connected else failures + 1
-                if was_connected:
+                # A connection that held is a new outage now; one dropped at once (another
+                # client with our id, a broker refusing us after CONNACK) is the same outage:
+                # the backoff goes on growing and no new warning is logged.
+                held = was_connected and time.monotonic() - self._connected_at >= STABLE_SECONDS
+                failures = 1 if held else failures + 1
+                if held:
                     delay = settings.reconnect_min
                 # Jitter: a fleet of gateways does not reconnect in step after a broker restart.
                 wait = random.uniform(delay / 2, delay)
@@ -297,6 +304,7 @@ class MqttPublisher:
         async with client:
             self.connected = True
             self.connections += 1
+            self._connected_at = time.monotonic()
             log.info("mqtt_connected", broker=str(self.broker), client_id=self.client_id)
             lost = asyncio.ensure_future(self._until_lost(client))
             try:

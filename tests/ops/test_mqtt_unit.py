@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import aiomqtt
@@ -10,6 +11,7 @@ import orjson
 import pytest
 
 from gateway.config import ConfigError, load_config
+from gateway.ops import mqtt as mqtt_module
 from gateway.ops.mqtt import Broker, MqttConfigError, MqttPublisher, broker_of, parse_broker_url
 
 PAN = "4761739001010119"
@@ -210,3 +212,35 @@ async def test_a_connection_lost_during_a_publish_ends_the_wait_at_once() -> Non
     with pytest.raises(aiomqtt.MqttError, match="gone"):
         await pub._drain(FakeClient(hang=True), lost)
     assert pub.queued == 1
+
+
+async def test_a_connection_that_drops_at_once_is_one_outage_with_a_growing_backoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two gateways with one client id throw each other off the broker: each connect is
+    dropped at once. That is one outage (one warning), its backoff growing, not a new
+    outage every 0.7 s."""
+    pub = publisher(reconnect_min=0.01, reconnect_max=0.16)
+    said: list[tuple[str, str, float]] = []
+
+    class Recorder:
+        def warning(self, event: str, **fields: Any) -> None:
+            said.append(("warning", event, fields.get("retry_in", 0.0)))
+
+        def debug(self, event: str, **fields: Any) -> None:
+            said.append(("debug", event, fields.get("retry_in", 0.0)))
+
+    async def thrown_off() -> None:
+        pub.connections += 1
+        pub._connected_at = time.monotonic()
+        raise aiomqtt.MqttError("session taken over")
+
+    monkeypatch.setattr(mqtt_module, "log", Recorder())
+    monkeypatch.setattr(pub, "_session", thrown_off)
+    running = asyncio.create_task(pub._run())
+    await asyncio.sleep(0.6)
+    pub._stopping = True
+    pub._stop_requested.set()
+    await running
+    assert [level for level, *_ in said].count("warning") == 1
+    assert said[-1][2] > 0.05  # the waits grew towards reconnect_max

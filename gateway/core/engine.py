@@ -271,7 +271,7 @@ class GatewayCore:
             if record.state not in OPEN_AUTH_STATES:
                 continue
             auth = Authorization.from_record(record)
-            auth.identity = tuple(record.reversal_fields.get(f) for f in self._identity_fields)
+            auth.identity = self._identity_of(record.reversal_fields)
             auths[auth.txn_id] = auth
             self._open_auths += 1
             self._by_terminal.setdefault((auth.terminal_id, auth.stan), []).append(auth)
@@ -410,7 +410,7 @@ class GatewayCore:
             self._next_txn_id += 1
             self._open_auths += 1
             pending.auth = auth
-            auth.identity = tuple(fields.get(f) for f in self._identity_fields)
+            auth.identity = self._identity_of(fields)
             self._by_terminal.setdefault((auth.terminal_id, terminal_stan), []).append(auth)
             # Journal before you send: the shell holds the forward until this is durable.
             out.append(Persist(auth.record()))
@@ -769,7 +769,7 @@ class GatewayCore:
         DE 7) and DE 41 when it carries DE 90, else by DE 41 + DE 11 + DE 4 (CUP terminals
         resend the original's STAN)."""
         terminal_id = fields.get("41")
-        identity = tuple(fields.get(f) for f in self._identity_fields)
+        identity = self._identity_of(fields)
         original_data = fields.get("90")
         if original_data and len(original_data) >= 20:
             original_mti = original_data[:4]
@@ -792,6 +792,10 @@ class GatewayCore:
             ):
                 return auth
         return None
+
+    def _identity_of(self, fields: Mapping[str, str]) -> tuple[str | None, ...]:
+        """The identity match fields of a request, its journaled fields or a reversal."""
+        return tuple(fields.get(name) for name in self._identity_fields)
 
     def _on_terminal_reversal(
         self, event: TerminalRequest, auth: Authorization, now: float, out: list[Command]

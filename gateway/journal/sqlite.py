@@ -163,10 +163,10 @@ _CHECKPOINT_ROWS = 500
 # Pruning deletes this many rows per transaction (~3 ms), then pauses longer than the loop's
 # first commit retry (10 ms) so that the loop gets the journal in between.
 _PRUNE_CHUNK = 1000
+_PRUNE_PAUSE = 0.02
 # After this long without a commit, a TRUNCATE checkpoint empties the WAL file: the page images
 # it holds (PANs of settled reversals among them) do not outlive the traffic that wrote them.
 _IDLE_TRUNCATE_SECONDS = 5.0
-_PRUNE_PAUSE = 0.02
 
 _T = TypeVar("_T")
 

@@ -66,6 +66,7 @@ OPERATION_TIMEOUT = 10.0  # seconds for a CONNACK or a PUBACK
 # A connection that lasted this long ended an outage (its loss starts a new one).
 STABLE_SECONDS = 10.0
 STOP_TIMEOUT = 2.0  # seconds stop() gives the queue to drain before going offline
+OFFLINE_TIMEOUT = 1.0  # then, seconds for the offline status alone (the rest is dropped)
 
 
 class MqttConfigError(ValueError):
@@ -162,6 +163,7 @@ class MqttPublisher:
         self._wakeup = asyncio.Event()  # something was queued, or the connection ended
         self._stop_requested = asyncio.Event()
         self._stopping = False
+        self._abandoning = False  # stop() ran out of time: what is queued is not published
         self._task: asyncio.Task[None] | None = None
         self._tls_context: ssl.SSLContext | None = None
         self.connected = False
@@ -218,10 +220,18 @@ class MqttPublisher:
         try:
             await asyncio.wait_for(asyncio.shield(task), self._stop_timeout)
         except TimeoutError:
+            # Out of time: drop the queue, but still publish offline before the clean
+            # DISCONNECT (which cancels the will): cancelled at once, the retained status
+            # would stay "online" for good.
             timed_out = True
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            self._abandoning = True
+            self._wakeup.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), OFFLINE_TIMEOUT)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         left = len(self._queue)
         if left or timed_out:
             # The broker away at stop (or too slow): what is still queued is lost; said and
@@ -332,7 +342,7 @@ class MqttPublisher:
     async def _drain(self, client: aiomqtt.Client, lost: asyncio.Future[None]) -> None:
         queue = self._queue
         while True:
-            while queue:
+            while queue and not self._abandoning:
                 seq, at, topic, qos, kind, data = queue[0]
                 await self._publish(client, lost, topic, self._payload(seq, at, kind, data), qos)
                 queue.popleft()  # only now: an event lost with the connection goes again

@@ -252,6 +252,35 @@ async def test_a_gateway_that_dies_goes_offline_by_its_last_will(
     assert retained["status"] == "offline" and is_retained
 
 
+@pytest.mark.services
+async def test_a_stop_out_of_time_still_leaves_offline_retained(
+    mosquitto: tuple[str, int],
+) -> None:
+    """stop() gives the queue ``stop_timeout`` to drain. Past it, the rest is dropped but the
+    ``offline`` status still goes before the clean DISCONNECT (which cancels the will): a
+    cancelled publisher used to disconnect cleanly with ``online`` still retained."""
+    host, port = mosquitto
+    gateway_id = unique_id()
+    status_topic = f"iso-gateway/{gateway_id}/status"
+    settings = mqtt_settings(f"mqtt://{host}:{port}", gateway_id=gateway_id, queue_size=20_000)
+    publisher = MqttPublisher(settings, stop_timeout=0.01)
+    await publisher.start()
+    try:
+        await wait_until(lambda: publisher.connected, "the publisher connected")
+        for reversal_id in range(5_000):  # QoS 1 each: far more than 10 ms of PUBACKs
+            publisher.notify("reversal_owed", {"reversal_id": reversal_id})
+        await publisher.stop()
+        assert publisher.dropped > 0, "the queue drained within the timeout: no test"
+        async with Subscriber(host, port, status_topic) as late:
+            await late.wait_for(lambda: bool(late.statuses()), "the retained status")
+    finally:
+        await publisher.stop()
+        await clear_retained(host, port, status_topic)
+    [(retained, is_retained)] = late.statuses()
+    assert retained["status"] == "offline" and is_retained
+    assert retained["reason"] == "shutdown"
+
+
 # private brokers ------------------------------------------------------------------------
 
 

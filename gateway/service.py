@@ -157,15 +157,18 @@ class GatewayService:
     async def start(self) -> None:
         await self.journal.start()
         authorizations, reversals = await self.journal.load_open()
+        settings = self.config.core_settings()
+        now = time.time()
+        reversed_recently = await self.journal.load_reversed_since(now - settings.history_window)
         next_txn_id, next_reversal_id = await self.journal.next_ids()
         last_stan = await self.journal.get_meta(STAN_META_KEY)
-        now = time.time()
         self.core = GatewayCore(
             self.dialect,
-            self.config.core_settings(),
+            settings,
             now=now,
             open_authorizations=authorizations,
             open_reversals=reversals,
+            reversed_recently=reversed_recently,
             next_txn_id=next_txn_id,
             next_reversal_id=next_reversal_id,
             stan_seed=seed_after(last_stan, int(now) % STAN_MAX + 1),

@@ -120,6 +120,7 @@ class GatewayCore:
         now: float,
         open_authorizations: Iterable[AuthorizationRecord] = (),
         open_reversals: Iterable[ReversalRecord] = (),
+        reversed_recently: Iterable[tuple[AuthorizationRecord, ReversalRecord]] = (),
         next_txn_id: int = 1,
         next_reversal_id: int = 1,
         stan_seed: int = 1,
@@ -137,6 +138,14 @@ class GatewayCore:
         # (not DE 7, 12, 13: a reversal has its own times).
         self._identity_fields = tuple(
             f for f in dialect.match_fields if f not in ("7", "11", "12", "13", "41")
+        )
+        # What a closed authorization keeps of its fields, so that after a restart a terminal's
+        # reversal still finds an original the gateway reversed: DE 7 (DE 90 names it) and the
+        # identity fields. Never card data, whatever a dialect matches on.
+        self._kept_when_closed = tuple(
+            f
+            for f in ("7", *self._identity_fields)
+            if f not in dialect.sensitive_fields and f not in ("2", "14")
         )
         # Responses are found by (MTI, this field) in one lookup, then compared on the rest.
         self._index_field = "11" if "11" in dialect.match_fields else dialect.match_fields[0]
@@ -171,6 +180,7 @@ class GatewayCore:
         self._open_auths = 0
         self._in_doubt: list[Authorization] = []
         self._restore(open_authorizations, open_reversals, now)
+        self._restore_reversed(reversed_recently, now)
 
     # the API the shell calls ------------------------------------------------------------------
 
@@ -313,6 +323,46 @@ class GatewayCore:
                 self._reversals[rev.reversal_id] = rev
                 self._park(rev)
         self._in_doubt = list(auths.values())
+
+    def _restore_reversed(
+        self, reversed_recently: Iterable[tuple[AuthorizationRecord, ReversalRecord]], now: float
+    ) -> None:
+        """Originals whose reversal was acknowledged less than ``history_window`` ago, as a
+        running gateway remembers them: a terminal's own reversal of one is answered by the
+        gateway (0410, ``00``), not sent upstream as a second reversal."""
+        for record, saved in reversed_recently:
+            if (
+                record.state in OPEN_AUTH_STATES
+                or saved.state is not ReversalState.ACKNOWLEDGED
+                or saved.txn_id != record.txn_id
+                or saved.updated_at + self.settings.history_window <= now
+            ):
+                continue
+            auth = Authorization.from_record(record)
+            auth.closed_at = record.updated_at
+            auth.identity = self._identity_of(record.reversal_fields)
+            auth.reversal_fields = NO_FIELDS
+            auth.reversal = Reversal(
+                reversal_id=saved.reversal_id,
+                txn_id=saved.txn_id,
+                auth=auth,
+                created_at=saved.created_at,
+                updated_at=saved.updated_at,
+                state=saved.state,
+                reason=saved.reason,
+                mti=saved.mti,
+                stan=saved.stan,
+                fields=NO_FIELDS,
+                tpdu=saved.tpdu,
+                header=saved.header,
+                expires_at=saved.updated_at,
+                index_key=(response_mti(saved.mti), None),  # never indexed: nothing to match
+                match_values=(),
+                attempts=saved.attempts,
+                last_response_code=saved.last_response_code,
+            )
+            self._by_terminal.setdefault((auth.terminal_id, auth.stan), []).append(auth)
+            self._forget_auth_if_done(auth, now)  # arms its end of history_window
 
     # terminal requests ---------------------------------------------------------------------------
 
@@ -984,6 +1034,9 @@ class GatewayCore:
             if auth.closed_at is not None:  # delivered or declined, and the terminal reverses
                 auth.closed_at = None
                 self._open_auths += 1
+                # Its reversal fields went when it closed (the reversal has its own); what
+                # ties a terminal's reversal to it after a restart is journaled again.
+                auth.reversal_fields = self._identity_fields_of(auth)
             auth.state = AuthState.REVERSING
             auth.updated_at = now
             out.append(Persist(auth.record()))
@@ -1199,13 +1252,28 @@ class GatewayCore:
         auth.state = state
         auth.updated_at = now
         auth.closed_at = now
-        auth.reversal_fields = NO_FIELDS
+        auth.reversal_fields = self._fields_kept_when_closed(auth)
         out.append(Persist(auth.record()))
         pending = auth.pending
         if pending is None:
             self._forget_auth_if_done(auth, now)
         elif pending.phase is not Phase.AWAITING and not pending.timer_seq:
             self._timers.arm(pending, max(now, pending.forget_at))
+
+    def _fields_kept_when_closed(self, auth: Authorization) -> Mapping[str, str]:
+        """The reversal fields (the PAN among them) go. Of a reversed original, DE 7 and the
+        identity fields stay, for the terminal's reversal after a restart
+        (``_restore_reversed``)."""
+        if auth.state is not AuthState.REVERSED:
+            return NO_FIELDS
+        return self._identity_fields_of(auth)
+
+    def _identity_fields_of(self, auth: Authorization) -> Mapping[str, str]:
+        """What finds ``auth`` for a terminal's reversal (DE 7 for DE 90, the identity
+        fields), as journaled fields: ``Authorization.from_record`` reads them back."""
+        values = dict(zip(self._identity_fields, auth.identity, strict=False))
+        values["7"] = auth.transmission_time
+        return {name: value for name in self._kept_when_closed if (value := values.get(name))}
 
     def _forget_auth_if_done(self, auth: Authorization, now: float) -> None:
         """Drop a closed authorization from the lookup of terminal reversals once its request
@@ -1261,8 +1329,8 @@ class GatewayCore:
         auth = pending.auth
         if auth is not None:
             auth.pending = None
-            if auth.closed_at is not None:
-                auth.reversal_fields = NO_FIELDS  # no late answer can come any more
+            if auth.closed_at is not None:  # no late answer can come any more
+                auth.reversal_fields = self._fields_kept_when_closed(auth)
             self._forget_auth_if_done(auth, now)
 
     def _unindex(self, key: IndexKey, item: _Matchable) -> None:

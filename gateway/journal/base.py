@@ -183,6 +183,13 @@ class Journal(Protocol):
         """The open authorizations and reversals (``OPEN_*`` states), oldest id first."""
         ...
 
+    async def load_reversed_since(
+        self, since: float
+    ) -> list[tuple[AuthorizationRecord, ReversalRecord]]:
+        """Closed authorizations whose reversal was ACKNOWLEDGED at or after ``since`` (unix
+        seconds), each with that reversal, oldest reversal id first."""
+        ...
+
     async def next_ids(self) -> NextIds:
         """The first ids never used by a stored (or pruned) record."""
         ...

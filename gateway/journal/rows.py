@@ -1,8 +1,11 @@
 """Records as table rows and back: one tuple per snapshot, columns in a fixed order.
 
 Mappings (``reversal_fields``, ``fields``) are stored as JSON text, ``tpdu``/``header`` as
-bytes. A completed record (nothing owed any more) is stored with an empty mapping whatever the
-core sent: the PAN a reversal needs never stays on disk after the reversal is settled.
+bytes. A completed record (nothing owed any more) is stored without card data whatever the
+core sent: the PAN a reversal needs never stays on disk after the reversal is settled. Of a
+REVERSED authorization the core keeps DE 7 and its identity fields (after a restart, a
+terminal's own reversal still finds the original the gateway reversed); every other completed
+record is stored with an empty mapping.
 """
 
 from __future__ import annotations
@@ -20,7 +23,12 @@ from gateway.core.records import (
     ReversalRecord,
     ReversalState,
 )
-from gateway.journal.base import DONE_AUTH_STATES, DONE_REVERSAL_STATES, JournalError
+from gateway.journal.base import (
+    DONE_AUTH_STATES,
+    DONE_REVERSAL_STATES,
+    SENSITIVE_FIELDS,
+    JournalError,
+)
 
 AUTH_COLUMNS: tuple[str, ...] = (
     "txn_id", "created_at", "updated_at", "state", "mti", "terminal_id", "stan",
@@ -37,6 +45,8 @@ REVERSAL_COLUMNS: tuple[str, ...] = (
 Row = tuple[Any, ...]
 
 _EMPTY = "{}"
+# Never on disk once a record is completed: PAN, expiry date, track data, PIN block, chip data.
+_CARD_DATA = SENSITIVE_FIELDS | {"2", "14", "34"}
 
 
 def _mapping_text(mapping: Mapping[str, str]) -> str:
@@ -53,8 +63,18 @@ def _mapping(text: str | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()}
 
 
+def _done_fields(record: AuthorizationRecord) -> str:
+    if record.state is not AuthState.REVERSED or not record.reversal_fields:
+        return _EMPTY
+    kept = {k: v for k, v in record.reversal_fields.items() if k not in _CARD_DATA}
+    return _mapping_text(kept)
+
+
 def auth_row(record: AuthorizationRecord) -> Row:
-    fields = _EMPTY if record.state in DONE_AUTH_STATES else _mapping_text(record.reversal_fields)
+    if record.state in DONE_AUTH_STATES:
+        fields = _done_fields(record)
+    else:
+        fields = _mapping_text(record.reversal_fields)
     return (
         record.txn_id,
         record.created_at,

@@ -720,6 +720,33 @@ class SqliteJournal:
         auths, reversals = await self._side_call(work)
         return [auth_from_row(r) for r in auths], [reversal_from_row(r) for r in reversals]
 
+    async def load_reversed_since(
+        self, since: float
+    ) -> list[tuple[AuthorizationRecord, ReversalRecord]]:
+        done = sorted(s.value for s in DONE_AUTH_STATES)
+
+        def work(conn: sqlite3.Connection) -> tuple[list[Row], list[Row]]:
+            acknowledged = (ReversalState.ACKNOWLEDGED.value, since)
+            with _transaction(conn, "BEGIN"):  # one snapshot for both tables
+                reversals = conn.execute(
+                    f"{_SELECT_REVERSAL} WHERE state = ? AND updated_at >= ? ORDER BY reversal_id",
+                    acknowledged,
+                ).fetchall()
+                auths = conn.execute(
+                    f"{_SELECT_AUTH} WHERE state IN ({_marks(len(done))}) AND txn_id IN "
+                    "(SELECT txn_id FROM reversals WHERE state = ? AND updated_at >= ?)",
+                    (*done, *acknowledged),
+                ).fetchall()
+            return auths, reversals
+
+        auth_rows, reversal_rows = await self._side_call(work)
+        auths = {record.txn_id: record for record in map(auth_from_row, auth_rows)}
+        return [
+            (auths[reversal.txn_id], reversal)
+            for reversal in map(reversal_from_row, reversal_rows)
+            if reversal.txn_id in auths
+        ]
+
     async def next_ids(self) -> NextIds:
         def work(conn: sqlite3.Connection) -> NextIds:
             with _transaction(conn, "BEGIN"):

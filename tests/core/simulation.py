@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -159,6 +159,8 @@ class Original:
     releases: list[Release] = field(default_factory=list)
     reversals_seen: int = 0  # every reversal message that named it, releasing or not
     reversal_ids: list[int] = field(default_factory=list)
+    reversed_at: float | None = None  # first answered 00 to one of the gateway's reversals
+    passed_through: list[float] = field(default_factory=list)  # terminals' untied reversals
 
 
 @dataclass
@@ -257,6 +259,10 @@ class Acquirer:
         original.reversals_seen += 1
         if reversal_id is not None and reversal_id not in original.reversal_ids:
             original.reversal_ids.append(reversal_id)
+        if reversal_id is not None and original.reversed_at is None:
+            original.reversed_at = now
+        if cause == "passthrough":
+            original.passed_through.append(now)
         if original.held:
             original.held = False
             original.releases.append(Release(now, cause, reversal_id))
@@ -387,6 +393,7 @@ class Simulation:
         revs: list[ReversalRecord],
         next_txn_id: int,
         next_reversal_id: int,
+        reversed_recently: Iterable[tuple[AuthorizationRecord, ReversalRecord]] = (),
     ) -> GatewayCore:
         return self.core_class(
             self.dialect,
@@ -394,6 +401,7 @@ class Simulation:
             now=self.now,
             open_authorizations=auths,
             open_reversals=revs,
+            reversed_recently=reversed_recently,
             next_txn_id=next_txn_id,
             next_reversal_id=next_reversal_id,
             stan_seed=seed_after(
@@ -609,11 +617,21 @@ class Simulation:
                 auths[record.txn_id] = record
             else:
                 revs[record.reversal_id] = record
+        since = self.now - self.settings.history_window
         self.core = self._new_core(
             [a for a in auths.values() if a.state in OPEN_AUTH_STATES],
             [r for r in revs.values() if r.state in OPEN_REVERSAL_STATES],
             max(auths, default=0) + 1,
             max(revs, default=0) + 1,
+            # what Journal.load_reversed_since gives the restarted gateway
+            [
+                (auths[r.txn_id], r)
+                for r in revs.values()
+                if r.state is ReversalState.ACKNOWLEDGED
+                and r.updated_at >= since
+                and r.txn_id in auths
+                and auths[r.txn_id].state not in OPEN_AUTH_STATES
+            ],
         )
         self._execute(self.core.recover(self.now))
         incarnation = self.incarnation
@@ -798,6 +816,16 @@ class Simulation:
                 v.append(f"{key} released {len(original.releases)} times")
             if len(original.reversal_ids) > 1:
                 v.append(f"{key} reversed by {original.reversal_ids}: more than one reversal")
+            # Within history_window of its reversal (give or take a delayed answer), the
+            # gateway knows the original, across restarts too: a terminal's reversal of it is
+            # answered or merged, never passed upstream as another reversal.
+            window = self.settings.history_window
+            for at in original.passed_through:
+                if original.reversed_at is not None and 5 < at - original.reversed_at < window - 5:
+                    v.append(
+                        f"{key} reversed again by a terminal's reversal passed through "
+                        f"{at - original.reversed_at:.1f} s after the gateway's"
+                    )
             for release in original.releases:
                 if key not in self.delivered or release.cause in ("terminal", "passthrough"):
                     continue

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from typing import Any
 
 from gateway.core.commands import Command
 from gateway.core.engine import GatewayCore
@@ -17,18 +18,24 @@ from gateway.core.records import (
     ReversalState,
 )
 from gateway.core.settings import CoreSettings
+from gateway.wire.dialect import ReversalRules
 
 from .helpers import (
     Harness,
     answer,
     auth_records,
+    forwards,
+    make_dialect,
+    notices,
     records,
+    replies,
     reversal_records,
     sale,
     sent_reversals,
     settings,
     to_terminal,
 )
+from .test_engine_terminal_reversal import cup_reversal, terminal_reversal
 
 
 def journal(commands: Iterable[Command]) -> tuple[list[AuthorizationRecord], list[ReversalRecord]]:
@@ -245,3 +252,107 @@ def test_a_reversal_past_its_expiry_at_restart_gets_one_more_attempt() -> None:
     assert not [r for r in reversal_records(out) if r.state is ReversalState.FAILED]
     out = fresh.run_until(fresh.now + 60)  # unanswered again: now it fails
     assert [r.state for r in reversal_records(out)][-1] is ReversalState.FAILED
+
+
+def reversed_recently(
+    commands: Iterable[Command],
+) -> list[tuple[AuthorizationRecord, ReversalRecord]]:
+    """What ``Journal.load_reversed_since`` hands a restarted core: closed originals with their
+    acknowledged reversal (the latest snapshot of each)."""
+    auths: dict[int, AuthorizationRecord] = {}
+    revs: dict[int, ReversalRecord] = {}
+    for record in records(commands):
+        if isinstance(record, AuthorizationRecord):
+            auths[record.txn_id] = record
+        else:
+            revs[record.reversal_id] = record
+    return [
+        (auths[rev.txn_id], rev)
+        for rev in revs.values()
+        if rev.state is ReversalState.ACKNOWLEDGED
+        and auths[rev.txn_id].state not in OPEN_AUTH_STATES
+    ]
+
+
+def reversed_by_the_gateway(h: Harness, original: dict[str, str]) -> None:
+    h.request(original)
+    [sent] = sent_reversals(h.advance(15))
+    h.respond({"11": sent.fields["11"], "41": original["41"], "39": "00"}, mti="0410")
+
+
+def restart_remembering(h: Harness, after: float, **core_args: Any) -> Harness:
+    fresh = Harness(
+        now=h.now + after,
+        reversed_recently=reversed_recently(h.log),
+        next_txn_id=10,
+        next_reversal_id=10,
+        **core_args,
+    )
+    fresh.log.extend(fresh.core.recover(fresh.now))
+    return fresh
+
+
+def test_a_terminal_reversal_after_a_restart_finds_the_original_the_gateway_reversed() -> None:
+    """Exactly once across a restart: the original's acknowledged reversal is remembered
+    (``history_window``), so the terminal's own 0400 is answered by the gateway, not sent
+    upstream as a second reversal of one hold."""
+    h = Harness()
+    original = sale()
+    reversed_by_the_gateway(h, original)
+    fresh = restart_remembering(h, 60)
+    out = fresh.request(terminal_reversal(original), conn=5, mti="0400")
+    assert not forwards(out) and not sent_reversals(out) and not records(out)
+    [reply] = replies(out)
+    assert (reply.conn_id, reply.mti, reply.fields["39"]) == (5, "0410", "00")
+    assert notices(out, "terminal_reversal")[0].data["outcome"] == "answered"
+    assert fresh.core.stats()["authorizations_open"] == 0
+
+
+def test_a_reversed_original_is_forgotten_history_window_after_its_reversal() -> None:
+    h = Harness(settings(history_window=600))
+    original = sale()
+    reversed_by_the_gateway(h, original)
+    fresh = restart_remembering(h, 300, settings=settings(history_window=600))
+    fresh.run_until(fresh.now + 301)  # its timer: history_window after it closed
+    out = fresh.request(terminal_reversal(original), conn=5, mti="0400")
+    assert forwards(out) and not replies(out)  # an unknown original: passed through as it is
+    # and one restarted past the window is not remembered at all
+    late = restart_remembering(h, 601, settings=settings(history_window=600))
+    out = late.request(terminal_reversal(original), conn=5, mti="0400")
+    assert forwards(out) and not replies(out)
+
+
+def test_after_a_restart_a_shared_terminal_id_still_ties_each_reversal_to_its_own() -> None:
+    """CUP: the merchant (DE 42) is kept with the reversed original, so another merchant's
+    terminal with the same id and STAN is not answered in its place."""
+    rules = ReversalRules(stan="original")
+    cup_like = make_dialect(
+        reversal=rules, match_fields=("41", "42", "11"), duplicate_fields=("41", "42", "11", "4")
+    )
+    h = Harness(dialect=cup_like)
+    ours = {**sale("000403"), "42": "850100082410999"}
+    reversed_by_the_gateway(h, ours)
+    [closed] = [a for a in auth_records(h.log) if a.state is AuthState.REVERSED]
+    assert dict(closed.reversal_fields) == {"7": ours["7"], "42": ours["42"]}  # no card data
+    fresh = restart_remembering(h, 60, dialect=cup_like)
+    theirs = {**cup_reversal(ours), "42": "850100082410002"}
+    out = fresh.request(theirs, conn=1, mti="0400")
+    assert forwards(out) and not replies(out)
+    out = fresh.request(cup_reversal(ours), conn=2, mti="0400")
+    assert not forwards(out) and replies(out)[0].fields["39"] == "00"
+
+
+def test_a_delivered_original_reopened_by_its_terminal_is_found_after_a_restart() -> None:
+    """A delivered approval's fields are gone; the terminal's 0400 reopens it. The reopened
+    record must still carry DE 7, or after a restart the terminal's repeat (0401, DE 90) is
+    passed upstream as a reversal of an unknown original: a second reversal of one hold."""
+    h = Harness()
+    original = sale()
+    h.approve(original)
+    h.request(terminal_reversal(original), conn=1, mti="0400")  # forwarded, unanswered
+    [reopened] = [a for a in auth_records(h.log) if a.state is AuthState.REVERSING]
+    assert dict(reopened.reversal_fields) == {"7": original["7"]}  # and no card data
+    fresh, _ = restart(h)
+    out = fresh.request(terminal_reversal(original), conn=2, mti="0401")
+    assert not forwards(out)  # merged with the restored reversal, which goes again
+    assert notices(out, "terminal_reversal")[0].data["outcome"] == "merged"

@@ -54,6 +54,28 @@ async def test_terminal_reversal_after_the_gateways_own(make_stack: StackFactory
     assert holds[0].released and holds[0].duplicate_reversals == 0
 
 
+async def test_terminal_reversal_after_the_gateways_own_and_a_restart(
+    make_stack: StackFactory,
+) -> None:
+    """Exactly once across a restart: the restarted gateway still knows the original it
+    reversed (for ``reversal.history_window``) and answers the terminal itself."""
+    stack = await make_stack(rules=[Rule(mti=frozenset({"0200"}), fault="drop")])
+    await stack.links_up()
+    terminal = await stack.terminal()
+    original = auth(26)
+    assert (await terminal.send("0200", original)).get("39") == "91"  # type: ignore[union-attr]
+    await stack.acknowledged()
+    await terminal.close()
+    await stack.restart_gateway()
+    await stack.links_up()
+    terminal = await stack.terminal()
+    answer = await terminal.send("0400", terminal_reversal(original, 27))
+    assert answer is not None and answer.mti == "0410" and answer.get("39") == "00"
+    assert stack.requests_seen("0400") == 1  # only the gateway's own, before the restart
+    holds = stack.holds()
+    assert holds[0].released and holds[0].duplicate_reversals == 0
+
+
 async def test_terminal_reversal_while_the_gateways_own_is_pending(
     make_stack: StackFactory,
 ) -> None:

@@ -506,3 +506,28 @@ async def test_an_idle_journal_empties_its_wal(
         await asyncio.sleep(0.05)
     assert wal.stat().st_size == 0
     assert PAN.encode() not in journal_path.read_bytes()  # secure_delete: zeroed there too
+
+
+async def test_load_reversed_since_returns_reversed_originals_without_card_data(
+    journal: SqliteJournal, journal_path: Path
+) -> None:
+    """A terminal's reversal after a restart must still find the original the gateway
+    reversed: the REVERSED record keeps DE 7 and its identity fields, never the PAN."""
+    kept = {"2": PAN, "7": "0908064519", "14": "2512", "42": "MERCHANT0000001"}
+    journal.put(make_auth(1001, AuthState.REVERSED, updated_at=T0 + 100, reversal_fields=kept))
+    journal.put(make_reversal(1, ReversalState.ACKNOWLEDGED, updated_at=T0 + 100, fields={}))
+    journal.put(make_auth(1002, AuthState.REVERSED, updated_at=T0 + 10, reversal_fields=kept))
+    journal.put(make_reversal(2, ReversalState.ACKNOWLEDGED, updated_at=T0 + 10, fields={}))
+    journal.put(make_auth(1003, AuthState.REVERSING))  # still owed: load_open's
+    journal.put(make_reversal(3, ReversalState.SENT, updated_at=T0 + 100))
+    journal.put(make_auth(1004, AuthState.DECLINED, updated_at=T0 + 100, reversal_fields=kept))
+    journal.put(make_reversal(4, ReversalState.CANCELLED, updated_at=T0 + 100, fields={}))
+    await journal.flush()
+
+    [(auth, reversal)] = await journal.load_reversed_since(T0 + 50)
+    assert (auth.txn_id, reversal.reversal_id) == (1001, 1)
+    assert dict(auth.reversal_fields) == {"7": "0908064519", "42": "MERCHANT0000001"}
+    assert len(await journal.load_reversed_since(T0)) == 2
+    rows = raw_rows(journal_path, "SELECT txn_id, reversal_fields FROM authorizations")
+    assert not [txn_id for txn_id, fields in rows if PAN in fields and txn_id != 1003]
+    assert [fields for txn_id, fields in rows if txn_id == 1004] == ["{}"]

@@ -261,7 +261,8 @@ class GatewayService:
         # TIMER_SLOT late. Each request's timers (acquirer timeout, end of its duplicate
         # window) fall due at the rate requests came in; one wake-up each cost more loop time
         # than the timers' own work (bench/README.md).
-        deadline = math.ceil(deadline / TIMER_SLOT) * TIMER_SLOT
+        if math.isfinite(deadline):  # an infinite reversal.expiry: a timer that never fires
+            deadline = math.ceil(deadline / TIMER_SLOT) * TIMER_SLOT
         if self._timer_deadline is not None and self._timer_deadline <= deadline:
             return
         if self._timer is not None:

@@ -327,42 +327,76 @@ class GatewayCore:
     def _restore_reversed(
         self, reversed_recently: Iterable[tuple[AuthorizationRecord, ReversalRecord]], now: float
     ) -> None:
-        """Originals whose reversal was acknowledged less than ``history_window`` ago, as a
-        running gateway remembers them: a terminal's own reversal of one is answered by the
-        gateway (0410, ``00``), not sent upstream as a second reversal."""
+        """Closed originals with a reversal, as a running gateway remembers them, so that a
+        terminal's own reversal of one is never sent upstream as a second reversal:
+
+        - reversal acknowledged less than ``history_window`` ago: the gateway answers the
+          terminal (0410, ``00``);
+        - reversal still open (a crash kept the original's closing record but not the
+          reversal's): it was restored without its original; tied again, the terminal's
+          reversal merges with it.
+        """
+        touched: set[tuple[str | None, str | None]] = set()
         for record, saved in reversed_recently:
             if (
                 record.state in OPEN_AUTH_STATES
-                or saved.state is not ReversalState.ACKNOWLEDGED
                 or saved.txn_id != record.txn_id
-                or saved.updated_at + self.settings.history_window <= now
+                # Nothing to tie a terminal's reversal by: journaled by a version that kept
+                # none of it, or an original that carried none of it. With every identity
+                # field unknown it would match another merchant's reversal.
+                or not record.reversal_fields
             ):
                 continue
+            if saved.state in _MERGEABLE:
+                rev = self._reversals.get(saved.reversal_id) or self._failed.get(saved.reversal_id)
+                if rev is None or rev.auth is not None:
+                    continue
+            elif (
+                saved.state is not ReversalState.ACKNOWLEDGED
+                or record.updated_at + self.settings.history_window <= now  # as closed_at
+                # "Original not found" released nothing: the terminal's reversal must go
+                # upstream (the original may have been approved since).
+                or saved.last_response_code in self._rules.not_found_codes
+            ):
+                continue
+            else:
+                rev = self._remembered_reversal(saved)
             auth = Authorization.from_record(record)
             auth.closed_at = record.updated_at
             auth.identity = self._identity_of(record.reversal_fields)
             auth.reversal_fields = NO_FIELDS
-            auth.reversal = Reversal(
-                reversal_id=saved.reversal_id,
-                txn_id=saved.txn_id,
-                auth=auth,
-                created_at=saved.created_at,
-                updated_at=saved.updated_at,
-                state=saved.state,
-                reason=saved.reason,
-                mti=saved.mti,
-                stan=saved.stan,
-                fields=NO_FIELDS,
-                tpdu=saved.tpdu,
-                header=saved.header,
-                expires_at=saved.updated_at,
-                index_key=(response_mti(saved.mti), None),  # never indexed: nothing to match
-                match_values=(),
-                attempts=saved.attempts,
-                last_response_code=saved.last_response_code,
-            )
-            self._by_terminal.setdefault((auth.terminal_id, auth.stan), []).append(auth)
-            self._forget_auth_if_done(auth, now)  # arms its end of history_window
+            auth.reversal = rev
+            rev.auth = auth
+            key = (auth.terminal_id, auth.stan)
+            self._by_terminal.setdefault(key, []).append(auth)
+            touched.add(key)
+            self._forget_auth_if_done(auth, now)  # an acknowledged one: end of history_window
+        for key in touched:  # oldest first, as they came in: the newest is found first
+            candidates = self._by_terminal.get(key)
+            if candidates is not None:
+                candidates.sort(key=_txn_id)
+
+    def _remembered_reversal(self, saved: ReversalRecord) -> Reversal:
+        """An acknowledged reversal, for its original's history: never sent or matched again."""
+        return Reversal(
+            reversal_id=saved.reversal_id,
+            txn_id=saved.txn_id,
+            auth=None,
+            created_at=saved.created_at,
+            updated_at=saved.updated_at,
+            state=saved.state,
+            reason=saved.reason,
+            mti=saved.mti,
+            stan=saved.stan,
+            fields=NO_FIELDS,
+            tpdu=saved.tpdu,
+            header=saved.header,
+            expires_at=saved.updated_at,
+            index_key=(response_mti(saved.mti), None),  # never indexed: nothing to match
+            match_values=(),
+            attempts=saved.attempts,
+            last_response_code=saved.last_response_code,
+        )
 
     # terminal requests ---------------------------------------------------------------------------
 
@@ -852,7 +886,11 @@ class GatewayCore:
     ) -> None:
         """Exactly one reversal per original, whoever asks for it."""
         rev = auth.reversal
-        if rev is not None and rev.state is ReversalState.ACKNOWLEDGED:
+        if (
+            rev is not None
+            and rev.state is ReversalState.ACKNOWLEDGED
+            and rev.last_response_code not in self._rules.not_found_codes
+        ):
             outcome = "answered"
             self._answer(self._waiter(event), APPROVED_BY_GATEWAY, out)
         elif rev is not None and rev.state in _MERGEABLE:
@@ -1356,6 +1394,10 @@ def _contradicts(request: Mapping[str, str], response: Mapping[str, str]) -> boo
         if sent and echoed and sent != echoed:
             return True
     return False
+
+
+def _txn_id(auth: Authorization) -> int:
+    return auth.txn_id
 
 
 def _same_identity(asked: tuple[str | None, ...], known: tuple[str | None, ...]) -> bool:

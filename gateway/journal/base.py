@@ -186,8 +186,9 @@ class Journal(Protocol):
     async def load_reversed_since(
         self, since: float
     ) -> list[tuple[AuthorizationRecord, ReversalRecord]]:
-        """Closed authorizations whose reversal was ACKNOWLEDGED at or after ``since`` (unix
-        seconds), each with that reversal, oldest reversal id first."""
+        """Closed authorizations with a reversal ACKNOWLEDGED at or after ``since`` (unix
+        seconds) or still open (``OPEN_REVERSAL_STATES``), each with that reversal, oldest
+        reversal id first."""
         ...
 
     async def next_ids(self) -> NextIds:

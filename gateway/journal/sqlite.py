@@ -724,18 +724,19 @@ class SqliteJournal:
         self, since: float
     ) -> list[tuple[AuthorizationRecord, ReversalRecord]]:
         done = sorted(s.value for s in DONE_AUTH_STATES)
+        still_open = sorted(s.value for s in OPEN_REVERSAL_STATES)
+        which = f"(state = ? AND updated_at >= ?) OR state IN ({_marks(len(still_open))})"
+        values = (ReversalState.ACKNOWLEDGED.value, since, *still_open)
 
         def work(conn: sqlite3.Connection) -> tuple[list[Row], list[Row]]:
-            acknowledged = (ReversalState.ACKNOWLEDGED.value, since)
             with _transaction(conn, "BEGIN"):  # one snapshot for both tables
                 reversals = conn.execute(
-                    f"{_SELECT_REVERSAL} WHERE state = ? AND updated_at >= ? ORDER BY reversal_id",
-                    acknowledged,
+                    f"{_SELECT_REVERSAL} WHERE {which} ORDER BY reversal_id", values
                 ).fetchall()
                 auths = conn.execute(
                     f"{_SELECT_AUTH} WHERE state IN ({_marks(len(done))}) AND txn_id IN "
-                    "(SELECT txn_id FROM reversals WHERE state = ? AND updated_at >= ?)",
-                    (*done, *acknowledged),
+                    f"(SELECT txn_id FROM reversals WHERE {which})",
+                    (*done, *values),
                 ).fetchall()
             return auths, reversals
 

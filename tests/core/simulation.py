@@ -307,7 +307,8 @@ class Simulation:
         self.durable = 0
         # ReserveStans puts: (journal length when put, last STAN of the block)
         self.stan_reservations: list[tuple[int, str]] = []
-        self.rewritten_stans: dict[str, int] = {}  # STAN -> incarnation that first sent it
+        # STAN -> (incarnation that first sent it, the original it was sent for)
+        self.rewritten_stans: dict[str, tuple[int, tuple[str | None, ...]]] = {}
         self.incarnation = 0
         self.crash_epoch = 0
         self.link_up = dict.fromkeys(LINKS, True)
@@ -438,7 +439,7 @@ class Simulation:
             elif isinstance(command, ForwardToAcquirer):
                 self.durable = len(self.journal)
                 msg = self.frames[command.frame.message]
-                self._check_rewritten_stan(command.replace.get("11"))
+                self._check_rewritten_stan(command.replace.get("11"), msg)
                 fields = {**msg.fields, **command.replace}
                 if msg.mti[1] in "12":
                     self._count_forward(msg)
@@ -473,13 +474,18 @@ class Simulation:
         for result in results:
             self._to_core(result)
 
-    def _check_rewritten_stan(self, stan: str | None) -> None:
-        """A STAN the gateway allocated is never sent again by a restarted gateway (the
-        acquirer may still remember it): allocation resumes past the journaled reservation."""
+    def _check_rewritten_stan(self, stan: str | None, msg: Msg) -> None:
+        """A STAN the gateway allocated is never sent again by a restarted gateway for another
+        transaction (the acquirer may still remember it): allocation resumes past the
+        journaled reservation. A reversal may carry its original's STAN (``stan =
+        "original"``), also after a restart."""
         if stan is None:
             return
-        first = self.rewritten_stans.setdefault(stan, self.incarnation)
-        if first != self.incarnation:
+        de90 = msg.fields.get("90")
+        named = de90[4:10] if msg.mti[1] == "4" and de90 and de90.strip("0") else None
+        original = (msg.fields.get("41"), named or msg.fields.get("11"), msg.fields.get("4"))
+        first, owner = self.rewritten_stans.setdefault(stan, (self.incarnation, original))
+        if first != self.incarnation and owner != original:
             self.violations.append(f"STAN {stan} of incarnation {first} sent again after a restart")
 
     def _count_forward(self, msg: Msg) -> None:
@@ -627,8 +633,10 @@ class Simulation:
             [
                 (auths[r.txn_id], r)
                 for r in revs.values()
-                if r.state is ReversalState.ACKNOWLEDGED
-                and r.updated_at >= since
+                if (
+                    (r.state is ReversalState.ACKNOWLEDGED and r.updated_at >= since)
+                    or r.state in OPEN_REVERSAL_STATES
+                )
                 and r.txn_id in auths
                 and auths[r.txn_id].state not in OPEN_AUTH_STATES
             ],

@@ -258,7 +258,7 @@ def reversed_recently(
     commands: Iterable[Command],
 ) -> list[tuple[AuthorizationRecord, ReversalRecord]]:
     """What ``Journal.load_reversed_since`` hands a restarted core: closed originals with their
-    acknowledged reversal (the latest snapshot of each)."""
+    acknowledged or still open reversal (the latest snapshot of each)."""
     auths: dict[int, AuthorizationRecord] = {}
     revs: dict[int, ReversalRecord] = {}
     for record in records(commands):
@@ -269,7 +269,7 @@ def reversed_recently(
     return [
         (auths[rev.txn_id], rev)
         for rev in revs.values()
-        if rev.state is ReversalState.ACKNOWLEDGED
+        if rev.state in (ReversalState.ACKNOWLEDGED, *OPEN_REVERSAL_STATES)
         and auths[rev.txn_id].state not in OPEN_AUTH_STATES
     ]
 
@@ -356,3 +356,94 @@ def test_a_delivered_original_reopened_by_its_terminal_is_found_after_a_restart(
     out = fresh.request(terminal_reversal(original), conn=2, mti="0401")
     assert not forwards(out)  # merged with the restored reversal, which goes again
     assert notices(out, "terminal_reversal")[0].data["outcome"] == "merged"
+
+
+CUP_LIKE = make_dialect(
+    reversal=ReversalRules(stan="original"),
+    match_fields=("41", "42", "11"),
+    duplicate_fields=("41", "42", "11", "4"),
+)
+
+
+def test_a_reversal_answered_original_not_found_is_not_remembered() -> None:
+    """A "25" released nothing, and the original may be approved after it: the terminal's own
+    reversal must reach the acquirer, not be answered by the gateway."""
+    h = Harness()
+    original = sale()
+    h.request(original)
+    [sent] = sent_reversals(h.advance(15))
+    h.respond({"11": sent.fields["11"], "41": original["41"], "39": "25"}, mti="0410")
+    fresh = restart_remembering(h, 30)
+    assert notices(fresh.respond(answer(original)), "unmatched_response")  # now it holds
+    out = fresh.request(terminal_reversal(original), conn=5, mti="0400")
+    assert forwards(out) and not replies(out)
+
+
+def test_a_reversed_original_journaled_without_its_fields_is_not_remembered() -> None:
+    """Rows of an older version (or of an original with none of DE 7 and the identity fields)
+    hold nothing to tie by: remembered, they would match another merchant's reversal."""
+    h = Harness(dialect=CUP_LIKE)
+    ours = {**sale("000403"), "42": "850100082410999"}
+    reversed_by_the_gateway(h, ours)
+    older = [(dataclasses.replace(a, reversal_fields={}), r) for a, r in reversed_recently(h.log)]
+    fresh = Harness(dialect=CUP_LIKE, now=h.now + 60, reversed_recently=older, next_txn_id=10)
+    theirs = {**cup_reversal(ours), "42": "850100082410002"}
+    out = fresh.request(theirs, conn=1, mti="0400")
+    assert forwards(out) and not replies(out)
+
+
+def test_a_remembered_original_never_hides_a_newer_open_one() -> None:
+    """A CUP terminal whose STAN counter restarted: an older reversed original and a newer one
+    whose reversal failed share DE 41/42/11/4. After a restart the terminal's reversal is tied
+    to the newer one (merged, its reversal requeued), as without the restart."""
+    slow = settings(max_attempts=1)
+    h = Harness(slow, dialect=CUP_LIKE)
+    older = {**sale("000403"), "7": "0908064519"}
+    reversed_by_the_gateway(h, older)
+    h.advance(120)
+    newer = {**sale("000403"), "7": "0908064719", "12": "064719", "37": "325106000002"}
+    h.request(newer)
+    h.advance(15)  # timed out: its reversal is sent
+    h.advance(10)  # unanswered, one attempt allowed: failed
+    auths, revs = journal(h.log)
+    assert [r.state for r in revs] == [ReversalState.FAILED]
+    fresh = Harness(
+        slow,
+        dialect=CUP_LIKE,
+        now=h.now + 5,
+        open_authorizations=auths,
+        open_reversals=revs,
+        reversed_recently=reversed_recently(h.log),
+        next_txn_id=10,
+        next_reversal_id=10,
+    )
+    fresh.log.extend(fresh.core.recover(fresh.now))
+    out = fresh.request(cup_reversal(newer), conn=3, mti="0400")
+    assert notices(out, "terminal_reversal")[0].data["outcome"] == "merged"
+
+
+def test_an_open_reversal_whose_original_closed_is_tied_again_after_a_restart() -> None:
+    """A crash kept the original's closing record (REVERSED) but not its reversal's (still
+    SENT): the reversal goes again, and the terminal's own reversal merges with it instead of
+    going upstream as a second reversal."""
+    h = Harness()
+    original = sale()
+    h.request(original)
+    [sent] = sent_reversals(h.advance(15))
+    h.respond({"11": sent.fields["11"], "41": original["41"], "39": "00"}, mti="0410")
+    [closed] = [a for a in auth_records(h.log) if a.state is AuthState.REVERSED]
+    [still_sent] = [r for r in reversal_records(h.log) if r.state is ReversalState.SENT]
+    fresh = Harness(
+        now=h.now + 5,
+        open_reversals=[still_sent],
+        reversed_recently=[(closed, still_sent)],
+        next_txn_id=10,
+        next_reversal_id=10,
+    )
+    fresh.log.extend(fresh.core.recover(fresh.now))
+    out = fresh.request(terminal_reversal(original), conn=5, mti="0400")
+    assert not forwards(out)
+    assert notices(out, "terminal_reversal")[0].data["outcome"] == "merged"
+    [again] = sent_reversals(fresh.advance(1))  # the restored reversal, at the drain rate
+    out = fresh.respond({"11": again.fields["11"], "41": original["41"], "39": "00"}, mti="0410")
+    assert [(r.conn_id, r.fields["39"]) for r in replies(out)] == [(5, "00")]

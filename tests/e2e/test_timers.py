@@ -6,9 +6,10 @@ import asyncio
 import time
 
 from gateway.service import TIMER_SLOT
+from gateway.sim.rules import Rule
 from gateway.sim.terminals import Outcome, TerminalFleet
 
-from .harness import StackFactory
+from .harness import StackFactory, auth, events
 
 
 async def test_timers_due_close_together_share_a_wake_up(make_stack: StackFactory) -> None:
@@ -51,3 +52,17 @@ async def test_timers_due_close_together_share_a_wake_up(make_stack: StackFactor
     assert len(in_window) <= slots, (
         f"{len(in_window)} wake-ups for {count} deadlines over {finished - started:.3f} s"
     )
+
+
+async def test_a_reversal_that_never_expires_survives_a_restart(make_stack: StackFactory) -> None:
+    """``reversal.expiry = inf``: its timer is due at infinity while no link is up, which no
+    grid can round; the gateway must still start (it failed with OverflowError)."""
+    drop = Rule(mti=frozenset({"0200", "0400", "0401"}), fault="drop")
+    stack = await make_stack(rules=[drop], reversal__expiry=float("inf"))
+    await stack.links_up()
+    terminal = await stack.terminal()
+    assert (await terminal.send("0200", auth(1))).get("39") == "91"  # type: ignore[union-attr]
+    await stack.settle(lambda: "reversal_sent" in events(stack).kinds(), what="reversal sent")
+    await terminal.close()
+    await stack.restart_gateway()
+    assert stack.service.status()["reversals_owed"] == 1  # still owed, its timer armed

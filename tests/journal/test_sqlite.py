@@ -522,12 +522,18 @@ async def test_load_reversed_since_returns_reversed_originals_without_card_data(
     journal.put(make_reversal(3, ReversalState.SENT, updated_at=T0 + 100))
     journal.put(make_auth(1004, AuthState.DECLINED, updated_at=T0 + 100, reversal_fields=kept))
     journal.put(make_reversal(4, ReversalState.CANCELLED, updated_at=T0 + 100, fields={}))
+    # a crash kept the original's closing record, not its reversal's: any age
+    journal.put(make_auth(1005, AuthState.REVERSED, updated_at=T0 + 1, reversal_fields=kept))
+    journal.put(make_reversal(5, ReversalState.SENT, updated_at=T0 + 1))
     await journal.flush()
 
-    [(auth, reversal)] = await journal.load_reversed_since(T0 + 50)
-    assert (auth.txn_id, reversal.reversal_id) == (1001, 1)
-    assert dict(auth.reversal_fields) == {"7": "0908064519", "42": "MERCHANT0000001"}
-    assert len(await journal.load_reversed_since(T0)) == 2
+    found = await journal.load_reversed_since(T0 + 50)
+    assert [(a.txn_id, r.reversal_id, r.state) for a, r in found] == [
+        (1001, 1, ReversalState.ACKNOWLEDGED),
+        (1005, 5, ReversalState.SENT),
+    ]
+    assert dict(found[0][0].reversal_fields) == {"7": "0908064519", "42": "MERCHANT0000001"}
+    assert len(await journal.load_reversed_since(T0)) == 3
     rows = raw_rows(journal_path, "SELECT txn_id, reversal_fields FROM authorizations")
     assert not [txn_id for txn_id, fields in rows if PAN in fields and txn_id != 1003]
     assert [fields for txn_id, fields in rows if txn_id == 1004] == ["{}"]

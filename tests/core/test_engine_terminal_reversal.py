@@ -84,22 +84,6 @@ def test_terminal_reversal_after_the_gateways_own_was_acknowledged_is_answered_l
     assert notices(out, "terminal_reversal")[0].data["outcome"] == "answered"
 
 
-def test_a_reversal_answered_not_found_does_not_answer_the_terminals_own() -> None:
-    """The gateway's reversal overtook its original ("25": nothing released). Once the
-    original's request is forgotten, its late approval is unmatched and holds: the terminal's
-    own reversal must go upstream, not be answered by the gateway."""
-    h = Harness()
-    original = sale()
-    h.request(original)
-    [sent] = sent_reversals(h.advance(15))
-    h.respond({"11": sent.fields["11"], "41": "TERM0001", "39": "25"}, mti="0410")
-    h.advance(120)  # past the duplicate window: the request is forgotten
-    assert notices(h.respond(answer(original)), "unmatched_response")
-    out = h.request(terminal_reversal(original), conn=5, mti="0400")
-    assert forwards(out) and not replies(out)
-    assert notices(out, "terminal_reversal")[0].data["outcome"] == "forwarded"
-
-
 def test_terminal_reversal_merges_with_an_owed_reversal() -> None:
     h = Harness()
     original = sale()

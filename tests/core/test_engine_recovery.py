@@ -38,8 +38,10 @@ from .helpers import (
 from .test_engine_terminal_reversal import cup_reversal, terminal_reversal
 
 
-def journal(commands: Iterable[Command]) -> tuple[list[AuthorizationRecord], list[ReversalRecord]]:
-    """The latest snapshot per id, open ones only: what the journal hands a restarted core."""
+def latest(
+    commands: Iterable[Command],
+) -> tuple[dict[int, AuthorizationRecord], dict[int, ReversalRecord]]:
+    """The latest snapshot of each authorization and reversal, by id."""
     auths: dict[int, AuthorizationRecord] = {}
     revs: dict[int, ReversalRecord] = {}
     for record in records(commands):
@@ -47,6 +49,12 @@ def journal(commands: Iterable[Command]) -> tuple[list[AuthorizationRecord], lis
             auths[record.txn_id] = record
         else:
             revs[record.reversal_id] = record
+    return auths, revs
+
+
+def journal(commands: Iterable[Command]) -> tuple[list[AuthorizationRecord], list[ReversalRecord]]:
+    """The open ones only: what the journal hands a restarted core."""
+    auths, revs = latest(commands)
     return (
         [a for a in auths.values() if a.state in OPEN_AUTH_STATES],
         [r for r in revs.values() if r.state in OPEN_REVERSAL_STATES],
@@ -259,13 +267,7 @@ def reversed_recently(
 ) -> list[tuple[AuthorizationRecord, ReversalRecord]]:
     """What ``Journal.load_reversed_since`` hands a restarted core: closed originals with their
     acknowledged or still open reversal (the latest snapshot of each)."""
-    auths: dict[int, AuthorizationRecord] = {}
-    revs: dict[int, ReversalRecord] = {}
-    for record in records(commands):
-        if isinstance(record, AuthorizationRecord):
-            auths[record.txn_id] = record
-        else:
-            revs[record.reversal_id] = record
+    auths, revs = latest(commands)
     return [
         (auths[rev.txn_id], rev)
         for rev in revs.values()

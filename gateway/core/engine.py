@@ -692,19 +692,13 @@ class GatewayCore:
         rev = auth.reversal
         if rev is None or rev.last_response_code not in self._rules.not_found_codes:
             return
+        if not auth.reversal_fields:
+            return  # nothing left to build it from (the request was forgotten meanwhile)
         auth.response_code = event.fields.get("39")
         approval_code = event.fields.get("38")
-        if approval_code and auth.reversal_fields:
+        if approval_code:
             auth.approval_code = approval_code
             auth.reversal_fields = {**auth.reversal_fields, "38": approval_code}
-        self._reverse_again(auth, now, out)
-
-    def _reverse_again(self, auth: Authorization, now: float, out: list[Command]) -> None:
-        """The first reversal was answered "original not found" and the original was approved
-        (before or after that answer): it overtook its original, the funds are held now."""
-        if auth.reversed_again or not auth.reversal_fields:
-            return  # once; or nothing left to build it from (the request was forgotten)
-        auth.reversed_again = True
         self._owe_reversal(auth, ReversalReason.TIMEOUT, now, out)
 
     # delivery of approvals -----------------------------------------------------------------------
@@ -1069,9 +1063,7 @@ class GatewayCore:
         self._next_reversal_id += 1
         self._reversals[rev.reversal_id] = rev
         auth.reversal = rev
-        # The original first: a crash between the two records leaves it REVERSING without
-        # its reversal (owed again as in doubt, found by the terminal's repeat), never a
-        # reversal whose original is journaled closed.
+        out.append(Persist(rev.record()))
         if auth.state is not AuthState.REVERSING:
             if auth.closed_at is not None:  # delivered or declined, and the terminal reverses
                 auth.closed_at = None
@@ -1083,7 +1075,6 @@ class GatewayCore:
             auth.state = AuthState.REVERSING
             auth.updated_at = now
             out.append(Persist(auth.record()))
-        out.append(Persist(rev.record()))
         out.append(Notify(notices.REVERSAL_OWED, notices.reversal_data(rev)))
         return rev
 
@@ -1165,28 +1156,18 @@ class GatewayCore:
         rev.last_response_code = code
         if code is not None and code in self._rules.resolved_codes:
             auth = rev.auth
-            overtaken = False
             if auth is not None and auth.reversal is rev:
                 kept = auth.reversal_fields
                 self._close_auth(auth, AuthState.REVERSED, now, out)
-                if code in self._rules.not_found_codes:
-                    # The original's late approval came while this reversal was on the wire:
-                    # the reversal overtook its original, the funds are held now.
-                    overtaken = (
-                        auth.response_code in self.settings.approval_codes
-                        and rev.reason in (ReversalReason.TIMEOUT, ReversalReason.LINK_LOST)
-                    )
-                    if overtaken or auth.pending is not None:
-                        # Or it may still come. Keep (in memory only, the journal has none)
-                        # what a second reversal needs, until the request is forgotten.
-                        auth.reversal_fields = kept
+                if code in self._rules.not_found_codes and auth.pending is not None:
+                    # "Original not found" while the original's answer may still come: the
+                    # reversal may have overtaken it. Keep (in memory only, the journal has
+                    # none) what a second reversal needs, until the request is forgotten.
+                    auth.reversal_fields = kept
             data = notices.reversal_data(rev)
             self._close_reversal(rev, ReversalState.ACKNOWLEDGED, now, out)
             out.append(Notify(notices.REVERSAL_ACKNOWLEDGED, {**data, "state": rev.state.value}))
             self._answer_waiters(rev, APPROVED_BY_GATEWAY, out)
-            if overtaken:
-                assert auth is not None
-                self._reverse_again(auth, now, out)
         elif rev.state is ReversalState.SENT:
             self._attempt_failed(rev, now, out)
         # else: the answer to an earlier attempt says "not yet": the schedule stands

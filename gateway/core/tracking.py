@@ -116,9 +116,6 @@ class Authorization:
     # its merchant), kept after reversal_fields is cleared, to tie a terminal's reversal.
     identity: tuple[str | None, ...] = ()
     closed_at: float | None = None
-    # A reversal answered "original not found" was followed by a second one (the original
-    # was approved after it): never a third.
-    reversed_again: bool = False
     timer_seq: int = 0
 
     def record(self) -> AuthorizationRecord:

@@ -449,34 +449,3 @@ def test_an_open_reversal_whose_original_closed_is_tied_again_after_a_restart() 
     [again] = sent_reversals(fresh.advance(1))  # the restored reversal, at the drain rate
     out = fresh.respond({"11": again.fields["11"], "41": original["41"], "39": "00"}, mti="0410")
     assert [(r.conn_id, r.fields["39"]) for r in replies(out)] == [(5, "00")]
-
-
-def test_a_crash_between_a_reopened_original_and_its_reversal_loses_no_tie() -> None:
-    """A delivered approval reversed by its terminal: the original is journaled REVERSING
-    before its reversal, so no crash leaves a reversal whose original is journaled closed.
-    Cut between the two, the original is in doubt and owes a reversal again; the terminal's
-    repeat merges with it: one reversal upstream."""
-    h = Harness()
-    original = sale()
-    h.approve(original)
-    h.request(terminal_reversal(original), conn=5, mti="0400")
-    persisted = records(h.log)
-    reopened = next(
-        i for i, r in enumerate(persisted) if getattr(r, "state", None) is AuthState.REVERSING
-    )
-    owed = next(i for i, r in enumerate(persisted) if isinstance(r, ReversalRecord))
-    assert reopened < owed
-    kept = persisted[:owed]  # the crash: the reversal's record lost
-    auths = {r.txn_id: r for r in kept if isinstance(r, AuthorizationRecord)}
-    fresh = Harness(
-        now=h.now + 5,
-        open_authorizations=[a for a in auths.values() if a.state in OPEN_AUTH_STATES],
-        next_txn_id=10,
-        next_reversal_id=10,
-    )
-    fresh.log.extend(fresh.core.recover(fresh.now))
-    owed_again = {(r.reversal_id, r.reason) for r in reversal_records(fresh.log)}
-    assert owed_again == {(10, ReversalReason.IN_DOUBT)}
-    out = fresh.request(terminal_reversal(original), conn=6, mti="0401")
-    assert not forwards(out)
-    assert notices(out, "terminal_reversal")[0].data["outcome"] == "merged"

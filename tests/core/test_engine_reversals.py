@@ -453,24 +453,6 @@ def test_approval_after_an_original_not_found_reversal_is_reversed_again() -> No
     assert notices(out, "reversal_acknowledged")
 
 
-def test_approval_between_the_reversal_and_its_not_found_answer_is_reversed_again() -> None:
-    """The approval comes while the reversal is on the wire, then the reversal is answered
-    "25": it overtook its original at the acquirer, and the funds are held now. A second
-    reversal goes out, built from the original's fields; answered "25" again, no third."""
-    h = Harness()
-    request = sale()
-    first = timed_out(h, request)
-    assert notices(h.respond(answer(request)), "late_response")  # approved: held now
-    out = h.respond(reversal_answer(first, "25"), mti="0410")
-    [second] = sent_reversals(out)
-    assert second.fields["2"] == PAN and second.fields["4"] == request["4"]
-    assert second.fields["38"] == "A1B2C3" and second.fields["11"] != first.fields["11"]
-    assert [a.state for a in auth_records(out)] == [AuthState.REVERSED, AuthState.REVERSING]
-    out = h.respond(reversal_answer(second, "25"), mti="0410")
-    assert not sent_reversals(h.run_until(h.now + 3600)) and not sent_reversals(out)
-    assert h.core.stats()["authorizations_open"] == 0
-
-
 def test_approval_after_a_done_reversal_is_not_reversed_again() -> None:
     """Answered 00: the hold was released once; a late approval changes nothing."""
     h = Harness()

@@ -410,7 +410,7 @@ class GatewayCore:
         fields = event.fields
         if info.reversal:
             auth = self._find_original(fields)
-            if auth is not None:
+            if auth is not None and not self._may_hold_unknown(auth):
                 self._on_terminal_reversal(event, auth, now, out)
                 return
         dup_key = duplicate_key(info.base, fields, self._duplicate_fields)
@@ -876,6 +876,20 @@ class GatewayCore:
             ):
                 return auth
         return None
+
+    def _may_hold_unknown(self, auth: Authorization) -> bool:
+        """Its reversal was answered "original not found" (it released nothing) and its
+        request is forgotten, so an approval that came since went unmatched and may hold
+        funds. The terminal's reversal then goes upstream as it is, like one of an original
+        the gateway never saw (also what a restarted gateway does: it does not read such an
+        original back)."""
+        rev = auth.reversal
+        return (
+            auth.pending is None
+            and rev is not None
+            and rev.state is ReversalState.ACKNOWLEDGED
+            and rev.last_response_code in self._rules.not_found_codes
+        )
 
     def _identity_of(self, fields: Mapping[str, str]) -> tuple[str | None, ...]:
         """The identity match fields of a request, its journaled fields or a reversal."""

@@ -84,6 +84,26 @@ def test_terminal_reversal_after_the_gateways_own_was_acknowledged_is_answered_l
     assert notices(out, "terminal_reversal")[0].data["outcome"] == "answered"
 
 
+def test_after_a_not_found_reversal_the_terminals_own_goes_upstream_once_forgotten() -> None:
+    """The gateway's reversal was answered "25" (nothing released). While the request is
+    remembered, a late approval is reversed again by the gateway, so the terminal's own 0400
+    is answered; once it is forgotten, a late approval goes unmatched and may hold: the
+    terminal's 0400 then goes upstream as it is, as after a restart."""
+    h = Harness()
+    original = sale()
+    h.request(original)
+    [sent] = sent_reversals(h.advance(15))
+    h.respond({"11": sent.fields["11"], "41": "TERM0001", "39": "25"}, mti="0410")
+    out = h.request(terminal_reversal(original), conn=5, mti="0400")
+    assert replies(out)[0].fields["39"] == "00" and not forwards(out)
+    h.advance(120)  # past the duplicate window: the request is forgotten
+    assert notices(h.respond(answer(original)), "unmatched_response")  # it holds now
+    frame = h.frame("terminal-0401")
+    out = h.request(terminal_reversal(original), conn=5, mti="0401", frame=frame)
+    assert [f.frame for f in forwards(out)] == [frame] and not replies(out)
+    assert not records(out)  # passed through, not tied: the original stays closed
+
+
 def test_terminal_reversal_merges_with_an_owed_reversal() -> None:
     h = Harness()
     original = sale()

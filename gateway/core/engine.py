@@ -410,7 +410,7 @@ class GatewayCore:
         fields = event.fields
         if info.reversal:
             auth = self._find_original(fields)
-            if auth is not None and not self._may_hold_unknown(auth):
+            if auth is not None:
                 self._on_terminal_reversal(event, auth, now, out)
                 return
         dup_key = duplicate_key(info.base, fields, self._duplicate_fields)
@@ -880,9 +880,9 @@ class GatewayCore:
     def _may_hold_unknown(self, auth: Authorization) -> bool:
         """Its reversal was answered "original not found" (it released nothing) and its
         request is forgotten, so an approval that came since went unmatched and may hold
-        funds. The terminal's reversal then goes upstream as it is, like one of an original
-        the gateway never saw (also what a restarted gateway does: it does not read such an
-        original back)."""
+        funds: the terminal's reversal is not answered by the gateway but goes upstream, as
+        the reversal of this original (repeated until acknowledged). No late answer can come
+        for it any more, so nothing else can reverse it again."""
         rev = auth.reversal
         return (
             auth.pending is None
@@ -900,7 +900,11 @@ class GatewayCore:
     ) -> None:
         """Exactly one reversal per original, whoever asks for it."""
         rev = auth.reversal
-        if rev is not None and rev.state is ReversalState.ACKNOWLEDGED:
+        if (
+            rev is not None
+            and rev.state is ReversalState.ACKNOWLEDGED
+            and not self._may_hold_unknown(auth)
+        ):
             outcome = "answered"
             self._answer(self._waiter(event), APPROVED_BY_GATEWAY, out)
         elif rev is not None and rev.state in _MERGEABLE:

@@ -88,7 +88,7 @@ def test_after_a_not_found_reversal_the_terminals_own_goes_upstream_once_forgott
     """The gateway's reversal was answered "25" (nothing released). While the request is
     remembered, a late approval is reversed again by the gateway, so the terminal's own 0400
     is answered; once it is forgotten, a late approval goes unmatched and may hold: the
-    terminal's 0400 then goes upstream as it is, as after a restart."""
+    terminal's reversal then goes upstream as the reversal of that original."""
     h = Harness()
     original = sale()
     h.request(original)
@@ -101,7 +101,40 @@ def test_after_a_not_found_reversal_the_terminals_own_goes_upstream_once_forgott
     frame = h.frame("terminal-0401")
     out = h.request(terminal_reversal(original), conn=5, mti="0401", frame=frame)
     assert [f.frame for f in forwards(out)] == [frame] and not replies(out)
-    assert not records(out)  # passed through, not tied: the original stays closed
+    assert notices(out, "terminal_reversal")[0].data["outcome"] == "forwarded"
+    [rev] = [r for r in reversal_records(out) if r.state is ReversalState.SENT]
+    assert rev.reason is ReversalReason.TERMINAL  # the gateway repeats it until acknowledged
+
+
+def not_found_then_forgotten(h: Harness, original: dict[str, str], acquirer_stan: str) -> None:
+    """The gateway's reversal is answered "25", the request is forgotten, then the original's
+    approval arrives: unmatched, and it holds."""
+    h.request(original)
+    [sent] = sent_reversals(h.advance(15))
+    h.respond({"11": sent.fields["11"], "41": original["41"], "39": "25"}, mti="0410")
+    h.advance(120)
+    late = {"11": acquirer_stan, "41": original["41"], "39": "00", "38": "A1B2C3"}
+    assert notices(h.respond(late), "unmatched_response")
+
+
+def test_after_a_forgotten_not_found_the_terminals_reversal_names_what_the_acquirer_saw() -> None:
+    """STAN rewrite: the acquirer knows the original by the gateway's STAN (000300), so the
+    terminal's reversal that goes upstream must name that one, in DE 90 or (CUP) DE 11."""
+    h = Harness(settings(stan_mode="rewrite"), stan_seed=300)
+    original = sale("000001")
+    not_found_then_forgotten(h, original, "000300")
+    out = h.request(terminal_reversal(original, stan="000002"), conn=5, mti="0400")
+    [forward] = forwards(out)
+    assert forward.replace["90"][4:10] == "000300"
+    cup_like = make_dialect(
+        ReversalRules(stan="original", original_data="none"),
+        match_fields=("41", "42", "11"),
+        duplicate_fields=("41", "42", "11", "4"),
+    )
+    h = Harness(settings(stan_mode="rewrite"), cup_like, stan_seed=300)
+    not_found_then_forgotten(h, original, "000300")
+    [forward] = forwards(h.request(cup_reversal(original), conn=5, mti="0400"))
+    assert forward.replace["11"] == "000300"
 
 
 def test_terminal_reversal_merges_with_an_owed_reversal() -> None:

@@ -257,13 +257,16 @@ class GatewayService:
         deadline = self._core.next_deadline()
         if deadline is None:
             return
+        armed = self._timer_deadline
+        if armed is not None and armed <= deadline:
+            return  # most calls (one per event): nothing earlier to wake up for
         # Wake up on a grid: every deadline in one slot fires in one wake-up, up to
         # TIMER_SLOT late. Each request's timers (acquirer timeout, end of its duplicate
         # window) fall due at the rate requests came in; one wake-up each cost more loop time
         # than the timers' own work (bench/README.md).
         if math.isfinite(deadline):  # an infinite reversal.expiry: a timer that never fires
             deadline = math.ceil(deadline / TIMER_SLOT) * TIMER_SLOT
-        if self._timer_deadline is not None and self._timer_deadline <= deadline:
+        if armed is not None and armed <= deadline:
             return
         if self._timer is not None:
             self._timer.cancel()

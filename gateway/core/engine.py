@@ -70,6 +70,7 @@ from gateway.core.mti import (
     response_mti,
 )
 from gateway.core.records import (
+    CARD_DATA_FIELDS,
     OPEN_AUTH_STATES,
     AuthorizationRecord,
     AuthState,
@@ -145,7 +146,7 @@ class GatewayCore:
         self._kept_when_closed = tuple(
             f
             for f in ("7", *self._identity_fields)
-            if f not in dialect.sensitive_fields and f not in ("2", "14")
+            if f not in dialect.sensitive_fields and f not in CARD_DATA_FIELDS
         )
         # Responses are found by (MTI, this field) in one lookup, then compared on the rest.
         self._index_field = "11" if "11" in dialect.match_fields else dialect.match_fields[0]

@@ -30,6 +30,10 @@ class AuthState(StrEnum):
 
 OPEN_AUTH_STATES = frozenset({AuthState.IN_FLIGHT, AuthState.APPROVED, AuthState.REVERSING})
 
+# Card data, never kept once nothing can be owed: PAN, expiry date, track 1/2/3 data, PIN
+# block, chip data (whatever else a dialect marks sensitive is never kept at all).
+CARD_DATA_FIELDS = frozenset({"2", "14", "34", "35", "36", "45", "52", "55"})
+
 
 class ReversalReason(StrEnum):
     TIMEOUT = "timeout"  # no response within the acquirer timeout

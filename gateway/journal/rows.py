@@ -17,18 +17,14 @@ from typing import Any
 import orjson
 
 from gateway.core.records import (
+    CARD_DATA_FIELDS,
     AuthorizationRecord,
     AuthState,
     ReversalReason,
     ReversalRecord,
     ReversalState,
 )
-from gateway.journal.base import (
-    DONE_AUTH_STATES,
-    DONE_REVERSAL_STATES,
-    SENSITIVE_FIELDS,
-    JournalError,
-)
+from gateway.journal.base import DONE_AUTH_STATES, DONE_REVERSAL_STATES, JournalError
 
 AUTH_COLUMNS: tuple[str, ...] = (
     "txn_id", "created_at", "updated_at", "state", "mti", "terminal_id", "stan",
@@ -45,8 +41,6 @@ REVERSAL_COLUMNS: tuple[str, ...] = (
 Row = tuple[Any, ...]
 
 _EMPTY = "{}"
-# Never on disk once a record is completed: PAN, expiry date, track data, PIN block, chip data.
-_CARD_DATA = SENSITIVE_FIELDS | {"2", "14", "34"}
 
 
 def _mapping_text(mapping: Mapping[str, str]) -> str:
@@ -66,7 +60,7 @@ def _mapping(text: str | None) -> dict[str, str]:
 def _done_fields(record: AuthorizationRecord) -> str:
     if record.state is not AuthState.REVERSED or not record.reversal_fields:
         return _EMPTY
-    kept = {k: v for k, v in record.reversal_fields.items() if k not in _CARD_DATA}
+    kept = {k: v for k, v in record.reversal_fields.items() if k not in CARD_DATA_FIELDS}
     return _mapping_text(kept)
 
 

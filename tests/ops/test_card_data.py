@@ -68,7 +68,8 @@ def all_logs() -> Iterator[io.StringIO]:
     root.setLevel(level)
 
 
-async def run_every_scenario(stack: Stack) -> None:
+async def run_every_scenario(stack: Stack) -> dict[str, str]:
+    """Returns the sale the gateway reversed on its own (acquirer timeout)."""
     terminal = await stack.terminal()
 
     async def answer(fields: dict[str, str], mti: str = "0200") -> str | None:
@@ -81,7 +82,8 @@ async def run_every_scenario(stack: Stack) -> None:
     assert await answer(approved) == "00"
     assert await answer(approved) == "00"  # duplicate: the cached answer
     assert await answer(card_present(3, "TERMDECL")) == "05"
-    assert await answer(card_present(4, "TERMDROP")) == "91"  # timeout, reversed
+    timed_out = card_present(4, "TERMDROP")
+    assert await answer(timed_out) == "91"  # timeout, reversed
     assert await answer(terminal_reversal(approved, 5), "0400") == "00"
     # Garbage from a terminal: a well-framed frame that is not ISO 8583 but holds the
     # secrets as text, then a real message cut short inside its fields.
@@ -106,6 +108,7 @@ async def run_every_scenario(stack: Stack) -> None:
         what="the undeliverable approval",
     )
     await stack.no_reversals_open()
+    return timed_out
 
 
 @pytest.mark.services
@@ -126,7 +129,15 @@ async def test_no_card_secret_in_logs_or_mqtt_payloads(
             await publisher.start()
             await stack.simulator.resume()
             await stack.links_up()
-            await run_every_scenario(stack)
+            timed_out = await run_every_scenario(stack)
+            # A restart reads back the originals it reversed (with what ties them, never
+            # card data): the terminal's own reversal of one is answered by the gateway.
+            await stack.restart_gateway()
+            stack.service.sink = TeeSink(LogSink(), publisher)
+            await stack.links_up()
+            terminal = await stack.terminal()
+            answer = await terminal.send("0400", terminal_reversal(timed_out, 11), timeout=3.0)
+            assert answer is not None and answer.get("39") == "00"
             await publisher.stop()  # publishes what is queued, then offline
             await subscriber.wait_for(
                 lambda: any(s["status"] == "offline" for s, _ in subscriber.statuses()),
@@ -154,6 +165,7 @@ async def test_no_card_secret_in_logs_or_mqtt_payloads(
         ("acquirer_message_malformed", None),
         ("undeliverable_response", "closed"),
         ("reversal_acknowledged", None),
+        ("terminal_reversal", "answered"),  # after the restart
     ]:
         assert expected in logged, f"{expected} was not logged"
     assert any('"logger":"aiomqtt"' in line for line in logs.splitlines())

@@ -224,3 +224,10 @@ def to_terminal(commands: Iterable[Command]) -> list[ForwardToTerminal]:
 
 def settings(**overrides: Any) -> CoreSettings:
     return CoreSettings(**overrides)
+
+
+def reversed_by_the_gateway(h: Harness, original: dict[str, str], code: str = "00") -> None:
+    """The original times out; the gateway's reversal is answered ``code``."""
+    h.request(original)
+    [sent] = sent_reversals(h.advance(15))
+    h.respond({"11": sent.fields["11"], "41": original["41"], "39": code}, mti="0410")

@@ -30,6 +30,7 @@ from .helpers import (
     records,
     replies,
     reversal_records,
+    reversed_by_the_gateway,
     sale,
     sent_reversals,
     settings,
@@ -276,12 +277,6 @@ def reversed_recently(
     ]
 
 
-def reversed_by_the_gateway(h: Harness, original: dict[str, str]) -> None:
-    h.request(original)
-    [sent] = sent_reversals(h.advance(15))
-    h.respond({"11": sent.fields["11"], "41": original["41"], "39": "00"}, mti="0410")
-
-
 def restart_remembering(h: Harness, after: float, **core_args: Any) -> Harness:
     fresh = Harness(
         now=h.now + after,
@@ -372,9 +367,7 @@ def test_a_reversal_answered_original_not_found_is_not_remembered() -> None:
     reversal must reach the acquirer, not be answered by the gateway."""
     h = Harness()
     original = sale()
-    h.request(original)
-    [sent] = sent_reversals(h.advance(15))
-    h.respond({"11": sent.fields["11"], "41": original["41"], "39": "25"}, mti="0410")
+    reversed_by_the_gateway(h, original, "25")
     fresh = restart_remembering(h, 30)
     assert notices(fresh.respond(answer(original)), "unmatched_response")  # now it holds
     out = fresh.request(terminal_reversal(original), conn=5, mti="0400")

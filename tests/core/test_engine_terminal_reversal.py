@@ -16,6 +16,7 @@ from .helpers import (
     records,
     replies,
     reversal_records,
+    reversed_by_the_gateway,
     sale,
     sent_reversals,
     settings,
@@ -73,9 +74,7 @@ def test_terminal_reversal_of_an_original_in_flight_is_forwarded_and_becomes_the
 def test_terminal_reversal_after_the_gateways_own_was_acknowledged_is_answered_locally() -> None:
     h = Harness()
     original = sale()
-    h.request(original)
-    [sent] = sent_reversals(h.advance(15))
-    h.respond({"11": sent.fields["11"], "41": "TERM0001", "39": "00"}, mti="0410")
+    reversed_by_the_gateway(h, original)
     out = h.request(terminal_reversal(original), conn=5, mti="0400")
     assert not forwards(out) and not sent_reversals(out) and not records(out)
     [reply] = replies(out)
@@ -91,9 +90,7 @@ def test_after_a_not_found_reversal_the_terminals_own_goes_upstream_once_forgott
     terminal's reversal then goes upstream as the reversal of that original."""
     h = Harness()
     original = sale()
-    h.request(original)
-    [sent] = sent_reversals(h.advance(15))
-    h.respond({"11": sent.fields["11"], "41": "TERM0001", "39": "25"}, mti="0410")
+    reversed_by_the_gateway(h, original, "25")
     out = h.request(terminal_reversal(original), conn=5, mti="0400")
     assert replies(out)[0].fields["39"] == "00" and not forwards(out)
     h.advance(120)  # past the duplicate window: the request is forgotten
@@ -109,9 +106,7 @@ def test_after_a_not_found_reversal_the_terminals_own_goes_upstream_once_forgott
 def not_found_then_forgotten(h: Harness, original: dict[str, str], acquirer_stan: str) -> None:
     """The gateway's reversal is answered "25", the request is forgotten, then the original's
     approval arrives: unmatched, and it holds."""
-    h.request(original)
-    [sent] = sent_reversals(h.advance(15))
-    h.respond({"11": sent.fields["11"], "41": original["41"], "39": "25"}, mti="0410")
+    reversed_by_the_gateway(h, original, "25")
     h.advance(120)
     late = {"11": acquirer_stan, "41": original["41"], "39": "00", "38": "A1B2C3"}
     assert notices(h.respond(late), "unmatched_response")

@@ -691,16 +691,38 @@ class GatewayCore:
         the reversal overtook its original, and the funds are held now. Reverse again (the
         first reversal released nothing, so this is still one release per original)."""
         rev = auth.reversal
-        if rev is None or rev.last_response_code not in self._rules.not_found_codes:
+        if rev is None or not rev.reopenable:
             return
-        if not auth.reversal_fields:
-            return  # nothing left to build it from (the request was forgotten meanwhile)
         auth.response_code = event.fields.get("39")
         approval_code = event.fields.get("38")
         if approval_code:
             auth.approval_code = approval_code
             auth.reversal_fields = {**auth.reversal_fields, "38": approval_code}
-        self._owe_reversal(auth, ReversalReason.TIMEOUT, now, out)
+            if self._rules.include_approval_code:
+                rev.fields = {**rev.fields, "38": approval_code}
+        self._reopen_reversal(rev, auth, now, out)
+
+    def _reopen_reversal(
+        self, rev: Reversal, auth: Authorization, now: float, out: list[Command]
+    ) -> None:
+        """The same reversal again (its id and STAN, repeated as 0401/0421), not a second
+        one: attempts share a STAN, so the "25" may have answered an earlier attempt while a
+        later one released the hold. The acquirer answers such a repeat "already reversed"."""
+        rev.reopenable = False  # its STAN stays held: it is open again
+        rev.state = ReversalState.OWED
+        rev.attempts = 0
+        rev.last_response_code = None
+        rev.expires_at = now + self.settings.reversal_expiry
+        rev.updated_at = now
+        self._index.setdefault(rev.index_key, []).append(rev)
+        self._reversals[rev.reversal_id] = rev
+        out.append(Persist(rev.record()))
+        self._reopen_auth(auth, now, out)
+        out.append(Notify(notices.REVERSAL_OWED, notices.reversal_data(rev)))
+        if self._primary is None:
+            self._park(rev)
+        else:
+            self._send_attempt(rev, now, out)
 
     # delivery of approvals -----------------------------------------------------------------------
 
@@ -1083,19 +1105,24 @@ class GatewayCore:
         self._reversals[rev.reversal_id] = rev
         auth.reversal = rev
         out.append(Persist(rev.record()))
-        if auth.state is not AuthState.REVERSING:
-            if auth.closed_at is not None:  # delivered or declined, and the terminal reverses
-                auth.closed_at = None
-                self._open_auths += 1
-                if not auth.reversal_fields:
-                    # They went when it closed (the reversal has its own); what ties a
-                    # terminal's reversal to it after a restart is journaled again.
-                    auth.reversal_fields = self._identity_fields_of(auth)
-            auth.state = AuthState.REVERSING
-            auth.updated_at = now
-            out.append(Persist(auth.record()))
+        self._reopen_auth(auth, now, out)
         out.append(Notify(notices.REVERSAL_OWED, notices.reversal_data(rev)))
         return rev
+
+    def _reopen_auth(self, auth: Authorization, now: float, out: list[Command]) -> None:
+        """Its reversal is owed (again): the authorization is REVERSING."""
+        if auth.state is AuthState.REVERSING:
+            return
+        if auth.closed_at is not None:  # delivered, declined or reversed, and reversed now
+            auth.closed_at = None
+            self._open_auths += 1
+            if not auth.reversal_fields:
+                # They went when it closed (the reversal has its own); what ties a terminal's
+                # reversal to it after a restart is journaled again.
+                auth.reversal_fields = self._identity_fields_of(auth)
+        auth.state = AuthState.REVERSING
+        auth.updated_at = now
+        out.append(Persist(auth.record()))
 
     def _track_reversal(
         self,
@@ -1173,23 +1200,47 @@ class GatewayCore:
         if rev.state in _CLOSED_REVERSAL:
             return
         rev.last_response_code = code
-        if code is not None and code in self._rules.resolved_codes:
+        if code in self._rules.not_found_codes and self._approval_known(rev):
+            # "Original not found", yet the acquirer approved it: this attempt overtook the
+            # original there, and the hold came after it. Not done: the next repeat (same
+            # reversal, same STAN) finds the original, or is answered "already reversed" if
+            # another attempt released it meanwhile.
+            if rev.state is ReversalState.SENT:
+                self._attempt_failed(rev, now, out)
+        elif code is not None and code in self._rules.resolved_codes:
             auth = rev.auth
+            overtaken = False
             if auth is not None and auth.reversal is rev:
                 kept = auth.reversal_fields
                 self._close_auth(auth, AuthState.REVERSED, now, out)
                 if code in self._rules.not_found_codes and auth.pending is not None:
                     # "Original not found" while the original's answer may still come: the
                     # reversal may have overtaken it. Keep (in memory only, the journal has
-                    # none) what a second reversal needs, until the request is forgotten.
+                    # none) what reopening it needs, until the request is forgotten.
                     auth.reversal_fields = kept
+                    overtaken = True
             data = notices.reversal_data(rev)
+            fields = rev.fields
             self._close_reversal(rev, ReversalState.ACKNOWLEDGED, now, out)
+            if overtaken:
+                rev.fields = fields
+                rev.reopenable = True
+                self._stans.hold(rev.stan)  # no other message may take it meanwhile
             out.append(Notify(notices.REVERSAL_ACKNOWLEDGED, {**data, "state": rev.state.value}))
             self._answer_waiters(rev, APPROVED_BY_GATEWAY, out)
         elif rev.state is ReversalState.SENT:
             self._attempt_failed(rev, now, out)
         # else: the answer to an earlier attempt says "not yet": the schedule stands
+
+    def _approval_known(self, rev: Reversal) -> bool:
+        """The acquirer's approval of the reversal's original reached the gateway (in time,
+        late, or read back from the journal after a restart)."""
+        auth = rev.auth
+        return (
+            auth is not None
+            and auth.reversal is rev
+            and auth.response_code in self.settings.approval_codes
+        )
 
     def _on_reversal_timer(self, rev: Reversal, now: float, out: list[Command]) -> None:
         if rev.state is ReversalState.SENT:  # no answer within reversal_timeout
@@ -1385,6 +1436,11 @@ class GatewayCore:
             auth.pending = None
             if auth.closed_at is not None:  # no late answer can come any more
                 auth.reversal_fields = self._fields_kept_when_closed(auth)
+                rev = auth.reversal
+                if rev is not None and rev.reopenable:
+                    rev.reopenable = False
+                    rev.fields = {}
+                    self._stans.release(rev.stan)
             self._forget_auth_if_done(auth, now)
 
     def _unindex(self, key: IndexKey, item: _Matchable) -> None:

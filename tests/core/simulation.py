@@ -117,6 +117,9 @@ class Faults:
     response_drop: float = 0.05
     response_late: float = 0.08  # answered after the acquirer timeout
     reversal_unresolved: float = 0.12  # the acquirer answers a reversal 91/96
+    # The acquirer takes an authorization from its queue seconds late: a reversal sent on the
+    # gateway's timeout overtakes it there and is answered "25" before the funds are held.
+    processed_late: float = 0.04
     reroute: float = 0.3  # an answer whose link broke comes back on another link
     duplicate: float = 0.15
     duplicate_on_new_conn: float = 0.4
@@ -192,6 +195,8 @@ class Acquirer:
         self.originals: dict[Key, Original] = {}
         self.faulty = True
         self.unknown_reversals = 0
+        self.not_found: list[Mapping[str, str]] = []  # reversals answered "25"
+        self.overtaken = 0  # originals approved after a reversal of them was answered "25"
 
     def receive(
         self, mti: str, fields: Mapping[str, str], cause: str, reversal_id: int | None, now: float
@@ -245,6 +250,17 @@ class Acquirer:
                 return original
         return None
 
+    def was_not_found(self, original: Original) -> bool:
+        """A reversal of it came first and was answered "25"."""
+        return any(self._find(reversal) is original for reversal in self.not_found)
+
+    def stand_in(self, answer: Msg, now: float) -> None:
+        """Release the hold of an approval this host could not deliver."""
+        original = self.originals.get(answer.key) if answer.key is not None else None
+        if original is not None and original.held:
+            original.held = False
+            original.releases.append(Release(now, "acquirer", None))
+
     def _reversal(
         self, mti: str, fields: Mapping[str, str], cause: str, reversal_id: int | None, now: float
     ) -> tuple[str, dict[str, str], Msg]:
@@ -255,6 +271,7 @@ class Acquirer:
         original = self._find(fields)
         if original is None:
             self.unknown_reversals += 1
+            self.not_found.append(fields)
             return response, {**echo, "39": "25"}, Msg(response, {})
         original.reversals_seen += 1
         if reversal_id is not None and reversal_id not in original.reversal_ids:
@@ -375,6 +392,12 @@ class Simulation:
             if not self.active and self._settled():
                 return
 
+    @property
+    def _awaited(self) -> tuple[Callable[..., None], ...]:
+        """What a settled run still waits for: the acquirer's queued work and answers (an
+        approval may still arrive and hold funds), an operator's requeue."""
+        return (self._requeue, self._process_late, self._acquirer_answers)
+
     def _settled(self) -> bool:
         stats = self.core.stats()
         return (
@@ -383,7 +406,7 @@ class Simulation:
             and not stats["reversals_failed"]
             and not stats["authorizations_open"]
             and all(self.link_up.values())
-            and not any(event[2] == self._requeue for event in self.queue)
+            and not any(event[2] in self._awaited for event in self.queue)
         )
 
     # the shell ---------------------------------------------------------------------------------
@@ -542,6 +565,19 @@ class Simulation:
             return
         cause = reversal.reason.value if reversal is not None else "passthrough"
         reversal_id = reversal.reversal_id if reversal is not None else None
+        session = self.link_session[link_id]
+        if self.active and mti[1] in "12" and self.rng.random() < self.faults.processed_late:
+            delay = self.rng.uniform(4.0, 10.0)  # around the acquirer timeout (5 s)
+            self.at(
+                self.now + delay,
+                self._process_late,
+                link_id,
+                session,
+                self.incarnation,
+                mti,
+                fields,
+            )
+            return
         answered = self.acquirer.receive(mti, fields, cause, reversal_id, self.now)
         if answered is None:
             return
@@ -558,19 +594,57 @@ class Simulation:
             self.now + delay,
             self._acquirer_answers,
             link_id,
-            self.link_session[link_id],
+            session,
             response_mti,
             response,
             msg,
         )
 
-    def _acquirer_answers(
-        self, link_id: int, session: int, mti: str, fields: dict[str, str], msg: Msg
+    def _process_late(
+        self, link_id: int, session: int, incarnation: int, mti: str, fields: dict[str, str]
     ) -> None:
+        """The acquirer processes a request it queued (Faults.processed_late) and answers it
+        promptly. An approval it cannot deliver it reverses itself, as hosts do: after the
+        gateway's own reversal was answered "25", no gateway could know of that hold."""
+        acquirer = self.acquirer
+        answered = acquirer.receive(mti, fields, "passthrough", None, self.now)
+        assert answered is not None
+        response_mti, response, msg = answered
+        original = acquirer.originals.get(msg.key) if msg.key is not None else None
+        if original is not None and original.holds and acquirer.was_not_found(original):
+            acquirer.overtaken += 1
+        msg.fields = response
+        delay = self.rng.uniform(0.01, 2.0)
+        self.at(
+            self.now + delay,
+            self._acquirer_answers,
+            link_id,
+            session,
+            response_mti,
+            response,
+            msg,
+            incarnation,
+        )
+
+    def _acquirer_answers(
+        self,
+        link_id: int,
+        session: int,
+        mti: str,
+        fields: dict[str, str],
+        msg: Msg,
+        incarnation: int | None = None,
+    ) -> None:
+        """``incarnation``: the gateway process a queued request came from (Faults.processed_late):
+        its answer goes to another connection only while that process lives, and one that
+        cannot be delivered the acquirer reverses itself."""
         if self.link_session[link_id] != session or not self.link_up[link_id]:
             # The connection it was written to is gone; some hosts answer on another one.
             others = [other for other in LINKS if self.link_up[other] and other != link_id]
-            if not others or not self.active or self.rng.random() >= self.faults.reroute:
+            rerouted = self.active and self.rng.random() < self.faults.reroute
+            if not others or not rerouted or incarnation not in (None, self.incarnation):
+                if incarnation is not None:
+                    self.acquirer.stand_in(msg, self.now)
                 return
             link_id = others[0]
         self._to_core(AcquirerResponse(link_id, mti, fields, self._frame(msg)))
@@ -856,6 +930,7 @@ class Simulation:
             "delivered": len(self.delivered),
             "delivered_lost": len(self.delivered_lost),
             "crashes": self.crashes,
+            "overtaken": self.acquirer.overtaken,
         }
 
 

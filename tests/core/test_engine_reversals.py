@@ -433,9 +433,11 @@ def test_late_decline_does_not_cancel_a_requeued_reversal_that_was_sent_before()
     assert sent_reversals(h.advance(0))
 
 
-def test_approval_after_an_original_not_found_reversal_is_reversed_again() -> None:
+def test_approval_after_an_original_not_found_reversal_reopens_it() -> None:
     """The reversal overtook its original: answered 25, then the approval arrives late. The
-    funds are held now, so a second reversal goes out (the first released nothing)."""
+    funds are held now, so the same reversal is reopened and repeated (0401, its STAN and
+    id): never a second reversal, since the 25 may have answered an earlier attempt while a
+    later one released the hold."""
     h = Harness()
     request = sale()
     first = timed_out(h, request)
@@ -444,13 +446,70 @@ def test_approval_after_an_original_not_found_reversal_is_reversed_again() -> No
     assert all(set(a.reversal_fields) <= {"7"} for a in auth_records(out))  # no card data on disk
     out = h.respond(answer(request))  # the late approval
     assert not to_terminal(out)
-    [second] = sent_reversals(out)
-    assert second.fields["2"] == PAN and second.fields["38"] == "A1B2C3"
-    assert second.fields["11"] != first.fields["11"]
+    [repeat] = sent_reversals(out)
+    assert repeat.mti == "0401" and repeat.fields["11"] == first.fields["11"]
+    assert repeat.fields["2"] == PAN and repeat.fields["38"] == "A1B2C3"
+    assert [r.reversal_id for r in reversal_records(out)] == [1, 1]  # owed, then sent
     assert AuthState.REVERSING in [a.state for a in auth_records(out)]
-    out = h.respond(reversal_answer(second), mti="0410")
+    out = h.respond(reversal_answer(repeat), mti="0410")
     assert [a.state for a in auth_records(out)] == [AuthState.REVERSED]
     assert notices(out, "reversal_acknowledged")
+    assert h.core.stats()["reversals_owed"] == 0 and h.core.stats()["authorizations_open"] == 0
+
+
+def test_a_reopenable_reversal_keeps_its_stan_until_the_request_is_forgotten() -> None:
+    """Between its "25" and the end of the duplicate window the reversal may be reopened, so
+    no other message may take its STAN; after that it is free again."""
+    h = Harness(settings(duplicate_window=10.0))
+    first = timed_out(h, sale())
+    held = h.core.stats()["stans_in_use"]
+    assert held >= 1  # the reversal's STAN (a new one: the default)
+    h.respond(reversal_answer(first, "25"), mti="0410")
+    assert h.core.stats()["stans_in_use"] == held
+    h.run_until(h.now + 11.0)  # the request is forgotten: no approval can be matched now
+    assert h.core.stats()["stans_in_use"] == 0
+
+
+def test_original_not_found_after_the_approval_arrived_is_repeated() -> None:
+    """The approval reaches the gateway first, then the acquirer's "25" to a reversal that
+    overtook its original there. The funds are held, so the 25 settles nothing: the same
+    reversal is repeated (0401, same STAN), and the repeat releases the hold."""
+    h = Harness()
+    request = sale()
+    first = timed_out(h, request)
+    out = h.respond(answer(request))  # the late approval: the reversal goes on
+    assert not sent_reversals(out) and not to_terminal(out)
+    out = h.respond(reversal_answer(first, "25"), mti="0410")
+    assert [r.state for r in reversal_records(out)] == [ReversalState.OWED]
+    assert not notices(out, "reversal_acknowledged") and not auth_records(out)
+    [repeat] = sent_reversals(h.advance(10.0))
+    assert repeat.mti == "0401" and repeat.fields["11"] == first.fields["11"]
+    assert repeat.fields["2"] == PAN  # the same reversal: DE 38 only if its first attempt had it
+    out = h.respond(reversal_answer(repeat, "00"), mti="0410")
+    assert [a.state for a in auth_records(out)] == [AuthState.REVERSED]
+    assert notices(out, "reversal_acknowledged")
+    assert h.core.stats()["reversals_owed"] == 0
+
+
+def test_original_not_found_for_a_known_approval_fails_after_max_attempts() -> None:
+    """An acquirer that cannot find an original it approved (its reversal matching is broken,
+    say): every attempt is answered 25. The reversal fails and is alerted on, instead of
+    counting as done while the funds stay held."""
+    h = Harness(settings(max_attempts=3))
+    request = sale()
+    h.request(request)
+    [delivery] = to_terminal(h.respond(answer(request)))
+    out = h.delivered(delivery.delivery_ref, False)  # reversed as undeliverable, at once
+    attempts = []
+    while (sent := sent_reversals(out)) and len(attempts) < 10:
+        attempts.append(sent[0].mti)
+        out = h.respond(reversal_answer(sent[0], "25"), mti="0410")
+        assert not notices(out, "reversal_acknowledged")
+        if not notices(out, "reversal_failed"):
+            out = h.run_until(h.core.next_deadline() or h.now)
+    assert attempts == ["0400", "0401", "0401"]
+    assert notices(out, "reversal_failed")
+    assert h.core.stats()["reversals_failed"] == 1
 
 
 def test_approval_after_a_done_reversal_is_not_reversed_again() -> None:

@@ -656,8 +656,11 @@ class GatewayCore:
         auth = pending.auth
         if auth is None:
             return
-        if auth.state is AuthState.REVERSED and code in self.settings.approval_codes:
-            self._reverse_overtaken(auth, event, now, out)
+        if auth.state is AuthState.REVERSED:
+            if code in self.settings.approval_codes:
+                self._reverse_overtaken(auth, event, now, out)
+            elif auth.response_code is None:
+                self._note_late_decline(auth, code, now, out)
             return
         if auth.state is not AuthState.REVERSING:
             return
@@ -683,6 +686,21 @@ class GatewayCore:
             out.append(Notify(notices.REVERSAL_CANCELLED, {**data, "state": rev.state.value}))
             # A terminal that asked for this reversal is answered: nothing is held.
             self._answer_waiters(rev, APPROVED_BY_GATEWAY, out)
+        elif auth.response_code is None:
+            # Too late to cancel: the reversal goes on (the acquirer answers it "25" or
+            # "00"), but no approval can follow it now.
+            self._note_late_decline(auth, code, now, out)
+
+    def _note_late_decline(
+        self, auth: Authorization, code: str | None, now: float, out: list[Command]
+    ) -> None:
+        """The original was declined after all: a "25" to its reversal settles it for good."""
+        auth.response_code = code
+        auth.updated_at = now
+        out.append(Persist(auth.record()))
+        rev = auth.reversal
+        if rev is not None and rev.reopenable:
+            self._drop_reopenable(rev)
 
     def _reverse_overtaken(
         self, auth: Authorization, event: AcquirerResponse, now: float, out: list[Command]
@@ -708,13 +726,12 @@ class GatewayCore:
         """The same reversal again (its id and STAN, repeated as 0401/0421), not a second
         one: attempts share a STAN, so the "25" may have answered an earlier attempt while a
         later one released the hold. The acquirer answers such a repeat "already reversed"."""
-        rev.reopenable = False  # its STAN stays held: it is open again
+        rev.reopenable = False  # open again: its STAN stays held, it stays indexed
         rev.state = ReversalState.OWED
         rev.attempts = 0
         rev.last_response_code = None
         rev.expires_at = now + self.settings.reversal_expiry
         rev.updated_at = now
-        self._index.setdefault(rev.index_key, []).append(rev)
         self._reversals[rev.reversal_id] = rev
         out.append(Persist(rev.record()))
         self._reopen_auth(auth, now, out)
@@ -912,6 +929,7 @@ class GatewayCore:
             and rev is not None
             and rev.state is ReversalState.ACKNOWLEDGED
             and rev.last_response_code in self._rules.not_found_codes
+            and not self._decline_known(auth)
         )
 
     def _identity_of(self, fields: Mapping[str, str]) -> tuple[str | None, ...]:
@@ -1198,6 +1216,17 @@ class GatewayCore:
                 if waits is not None:
                     waits.pop(rev, None)
         if rev.state in _CLOSED_REVERSAL:
+            if (
+                rev.reopenable
+                and code in self._rules.resolved_codes
+                and code not in self._rules.not_found_codes
+            ):
+                # Another attempt's answer, after the "25" that closed it: that attempt found
+                # the original and released it. Nothing is left to reopen.
+                rev.last_response_code = code
+                rev.updated_at = now
+                out.append(Persist(rev.record()))
+                self._drop_reopenable(rev)
             return
         rev.last_response_code = code
         if code in self._rules.not_found_codes and self._approval_known(rev):
@@ -1212,25 +1241,51 @@ class GatewayCore:
             overtaken = False
             if auth is not None and auth.reversal is rev:
                 kept = auth.reversal_fields
-                self._close_auth(auth, AuthState.REVERSED, now, out)
-                if code in self._rules.not_found_codes and auth.pending is not None:
+                pending = auth.pending
+                overtaken = (
+                    code in self._rules.not_found_codes
+                    and pending is not None
+                    and not self._decline_known(auth)
+                )
+                if overtaken:
                     # "Original not found" while the original's answer may still come: the
-                    # reversal may have overtaken it. Keep (in memory only, the journal has
-                    # none) what reopening it needs, until the request is forgotten.
-                    auth.reversal_fields = kept
-                    overtaken = True
+                    # reversal may have overtaken it, and the original may still wait in
+                    # the acquirer's queue. Listen for its answer for another window.
+                    assert pending is not None
+                    window_end = now + self.settings.duplicate_window
+                    pending.forget_at = max(pending.forget_at, window_end)
+                self._close_auth(auth, AuthState.REVERSED, now, out)
+                if overtaken:
+                    auth.reversal_fields = kept  # in memory only: the journal has none
             data = notices.reversal_data(rev)
             fields = rev.fields
             self._close_reversal(rev, ReversalState.ACKNOWLEDGED, now, out)
             if overtaken:
+                # Until the request is forgotten it can be reopened (an approval comes), or
+                # settled by another attempt's answer: it keeps its fields, its STAN (no
+                # other message may take it meanwhile) and its place in the index.
                 rev.fields = fields
                 rev.reopenable = True
-                self._stans.hold(rev.stan)  # no other message may take it meanwhile
+                self._stans.hold(rev.stan)
+                self._index.setdefault(rev.index_key, []).append(rev)
             out.append(Notify(notices.REVERSAL_ACKNOWLEDGED, {**data, "state": rev.state.value}))
             self._answer_waiters(rev, APPROVED_BY_GATEWAY, out)
         elif rev.state is ReversalState.SENT:
             self._attempt_failed(rev, now, out)
         # else: the answer to an earlier attempt says "not yet": the schedule stands
+
+    def _drop_reopenable(self, rev: Reversal) -> None:
+        """It can no longer be reopened: its fields, STAN and index entry go."""
+        rev.reopenable = False
+        rev.fields = {}
+        self._stans.release(rev.stan)
+        self._unindex(rev.index_key, rev)
+
+    def _decline_known(self, auth: Authorization) -> bool:
+        """The acquirer declined the original: nothing is held, no approval can follow."""
+        return auth.response_code is not None and (
+            auth.response_code not in self.settings.approval_codes
+        )
 
     def _approval_known(self, rev: Reversal) -> bool:
         """The acquirer's approval of the reversal's original reached the gateway (in time,
@@ -1438,9 +1493,7 @@ class GatewayCore:
                 auth.reversal_fields = self._fields_kept_when_closed(auth)
                 rev = auth.reversal
                 if rev is not None and rev.reopenable:
-                    rev.reopenable = False
-                    rev.fields = {}
-                    self._stans.release(rev.stan)
+                    self._drop_reopenable(rev)
             self._forget_auth_if_done(auth, now)
 
     def _unindex(self, key: IndexKey, item: _Matchable) -> None:

@@ -567,7 +567,10 @@ class Simulation:
         reversal_id = reversal.reversal_id if reversal is not None else None
         session = self.link_session[link_id]
         if self.active and mti[1] in "12" and self.rng.random() < self.faults.processed_late:
-            delay = self.rng.uniform(4.0, 10.0)  # around the acquirer timeout (5 s)
+            # Around the acquirer timeout (5 s). Its answer (at most 2 s later) then comes
+            # within duplicate_window (10 s) of the "25" to a reversal that overtook it: an
+            # approval later than that goes unmatched (docs/reversal.md).
+            delay = self.rng.uniform(4.0, 8.0)
             self.at(
                 self.now + delay,
                 self._process_late,

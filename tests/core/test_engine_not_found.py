@@ -1,0 +1,107 @@
+"""A reversal answered "original not found" (25): the original may still be in the acquirer's
+queue, another attempt of the same reversal may have released it, or it was declined."""
+
+from __future__ import annotations
+
+from gateway.core.commands import SendToAcquirer
+
+from .helpers import (
+    Harness,
+    answer,
+    forwards,
+    notices,
+    reversal_records,
+    sale,
+    sent_reversals,
+    settings,
+)
+from .test_engine_terminal_reversal import terminal_reversal
+
+
+def reversal_answer(sent: SendToAcquirer, code: str) -> dict[str, str]:
+    return {"11": sent.fields["11"], "41": sent.fields["41"], "39": code}
+
+
+def test_a_25_that_comes_after_the_window_still_lets_the_late_approval_reopen_it() -> None:
+    """Default settings. The acquirer is congested: the original waits in its queue, and the
+    gateway's reversal is answered 91 four times, then "25" (it overtook the original) at
+    t=120 s, past the duplicate window that ran from the timeout at 15 s. The request is
+    remembered for another window from the 25, so the approval 1 s later is matched and the
+    reversal reopened."""
+    h = Harness()
+    original = sale()
+    h.request(original)
+    [sent] = sent_reversals(h.advance(15.0))
+    for _ in range(4):
+        h.respond(reversal_answer(sent, "91"), mti="0410")  # "try again later"
+        while not (again := sent_reversals(h.run_until(h.core.next_deadline() or h.now))):
+            pass
+        [sent] = again
+    assert h.now - 15.0 > 60.0  # the last attempt went out after the window
+    h.respond(reversal_answer(sent, "25"), mti="0410")
+    h.advance(1.0)
+    out = h.respond(answer(original))  # the original's approval: held now
+    assert sent_reversals(out), (
+        "late approval after a 25 went "
+        f"{[n.data.get('reason') for n in notices(out, 'unmatched_response')]}: "
+        "funds held, no reversal, no reopen"
+    )
+
+
+def test_a_stale_25_is_not_followed_by_a_second_reversal() -> None:
+    """Attempt 1 (0400) gets no answer in time; attempt 2 (0401, same STAN) goes out. The 25
+    that arrives is attempt 1's (it overtook the original); attempt 2 found the original and
+    released it, and its "00" arrives right after. The closed reversal still listens for
+    its other attempts' answers, so that 00 settles it: the terminal's own 0400 is answered
+    by the gateway, not sent upstream as a second reversal."""
+    h = Harness(settings(duplicate_window=10.0))
+    original = sale()
+    h.request(original)
+    [first] = sent_reversals(h.advance(15.0))
+    h.advance(10.0)  # no answer in time
+    [second] = sent_reversals(h.advance(5.0))
+    assert second.mti == "0401" and second.fields["11"] == first.fields["11"]
+    h.respond(reversal_answer(first, "25"), mti="0410")  # late answer to attempt 1
+    released = h.respond(reversal_answer(second, "00"), mti="0410")  # attempt 2: released
+    h.advance(1.0)
+    out = h.request(terminal_reversal(original), conn=5, mti="0400")
+    ids = sorted({r.reversal_id for r in reversal_records(h.log)})
+    assert not forwards(out), (
+        f"reversal ids for one original: {ids}; attempt 2's 00 was "
+        f"{[n.kind for n in notices(released, 'unmatched_response')]}"
+    )
+
+
+def test_a_known_decline_does_not_send_the_terminals_reversal_upstream() -> None:
+    """The original's decline arrives late while the reversal is on the wire (too late to
+    cancel it); the reversal is then answered 25. The decline is recorded: nothing is held
+    and no approval can follow, so the 25 settles it for good and the terminal's own reversal
+    is answered by the gateway."""
+    h = Harness(settings(duplicate_window=10.0))
+    original = sale()
+    h.request(original)
+    sent_reversals(h.advance(15.0))
+    h.advance(10.0)
+    [second] = sent_reversals(h.advance(5.0))
+    h.respond(answer(original, "05"))  # the original's late decline
+    h.respond(reversal_answer(second, "25"), mti="0410")
+    h.advance(1.0)
+    out = h.request(terminal_reversal(original), conn=5, mti="0400")
+    assert not forwards(out), (
+        "declined original, yet the terminal's reversal went upstream as reversal "
+        f"{[r.reversal_id for r in reversal_records(out)][:1]}"
+    )
+
+
+def test_a_late_decline_after_the_25_ends_the_chance_of_a_reopen() -> None:
+    """25 first, then the original's decline: nothing is held, so the reversal lets go of its
+    STAN at once and a contradicting approval after it reopens nothing."""
+    h = Harness()
+    original = sale()
+    h.request(original)
+    [sent] = sent_reversals(h.advance(15.0))
+    h.respond(reversal_answer(sent, "25"), mti="0410")
+    held = h.core.stats()["stans_in_use"]
+    h.respond(answer(original, "05"))
+    assert h.core.stats()["stans_in_use"] == held - 1
+    assert not sent_reversals(h.respond(answer(original)))

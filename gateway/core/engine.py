@@ -709,8 +709,8 @@ class GatewayCore:
         the reversal overtook its original, and the funds are held now. Reverse again (the
         first reversal released nothing, so this is still one release per original)."""
         rev = auth.reversal
-        if rev is None or not rev.reopenable:
-            return
+        if rev is None or not rev.reopenable or not rev.fields:
+            return  # not reopenable, or only listening (nothing to build it from)
         auth.response_code = event.fields.get("39")
         approval_code = event.fields.get("38")
         if approval_code:
@@ -1238,15 +1238,12 @@ class GatewayCore:
                 self._attempt_failed(rev, now, out)
         elif code is not None and code in self._rules.resolved_codes:
             auth = rev.auth
-            overtaken = False
+            not_found = overtaken = False
             if auth is not None and auth.reversal is rev:
                 kept = auth.reversal_fields
                 pending = auth.pending
-                overtaken = (
-                    code in self._rules.not_found_codes
-                    and pending is not None
-                    and not self._decline_known(auth)
-                )
+                not_found = code in self._rules.not_found_codes and not self._decline_known(auth)
+                overtaken = not_found and pending is not None
                 if overtaken:
                     # "Original not found" while the original's answer may still come: the
                     # reversal may have overtaken it, and the original may still wait in
@@ -1260,14 +1257,20 @@ class GatewayCore:
             data = notices.reversal_data(rev)
             fields = rev.fields
             self._close_reversal(rev, ReversalState.ACKNOWLEDGED, now, out)
-            if overtaken:
-                # Until the request is forgotten it can be reopened (an approval comes), or
-                # settled by another attempt's answer: it keeps its fields, its STAN (no
-                # other message may take it meanwhile) and its place in the index.
-                rev.fields = fields
+            if not_found:
+                # Not final yet. It keeps its STAN (no other message may take it meanwhile)
+                # and its place in the index: another attempt's answer may still say it
+                # released the hold (the 25 may have answered an earlier attempt).
                 rev.reopenable = True
                 self._stans.hold(rev.stan)
                 self._index.setdefault(rev.index_key, []).append(rev)
+                if overtaken:
+                    # Until the request is forgotten, an approval reopens it: its fields too.
+                    rev.fields = fields
+                else:
+                    # No approval can be matched any more (the request is forgotten, or was
+                    # sent before a restart): listen for its other attempts' answers only.
+                    self._timers.arm(rev, now + self.settings.reversal_timeout)
             out.append(Notify(notices.REVERSAL_ACKNOWLEDGED, {**data, "state": rev.state.value}))
             self._answer_waiters(rev, APPROVED_BY_GATEWAY, out)
         elif rev.state is ReversalState.SENT:
@@ -1275,9 +1278,10 @@ class GatewayCore:
         # else: the answer to an earlier attempt says "not yet": the schedule stands
 
     def _drop_reopenable(self, rev: Reversal) -> None:
-        """It can no longer be reopened: its fields, STAN and index entry go."""
+        """Its "25" is final: its fields, STAN, index entry and listening timer go."""
         rev.reopenable = False
         rev.fields = {}
+        self._timers.cancel(rev)
         self._stans.release(rev.stan)
         self._unindex(rev.index_key, rev)
 
@@ -1308,6 +1312,8 @@ class GatewayCore:
                 self._park(rev)
             else:
                 self._send_attempt(rev, now, out)
+        elif rev.reopenable:  # answered "25" and nothing came since: final now
+            self._drop_reopenable(rev)
 
     def _attempt_failed(self, rev: Reversal, now: float, out: list[Command]) -> None:
         if rev.attempts >= self.settings.max_attempts or now >= rev.expires_at:

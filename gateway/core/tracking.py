@@ -196,8 +196,9 @@ class Reversal:
     link_id: int | None = None
     sent_before: bool = False  # an attempt went out (attempts restart at 0 on requeue)
     last_chance: bool = False  # recovered past its expiry: one attempt before it fails
-    # Answered "original not found" while its original's answer may still come: it keeps its
-    # fields (in memory) and its STAN, to be reopened if that answer is an approval.
+    # Answered "original not found" (25), not final yet: it keeps its STAN and stays matchable
+    # for another attempt's answer, and while its original's answer may still come, its
+    # fields (in memory), to be reopened if that answer is an approval.
     reopenable: bool = False
     waiters: dict[int, Waiter] = field(default_factory=dict)
     # The terminal whose own message is the attempt on the wire, and the replace that restores

@@ -15,6 +15,7 @@ from .helpers import (
     sent_reversals,
     settings,
 )
+from .test_engine_recovery import restart
 from .test_engine_terminal_reversal import terminal_reversal
 
 
@@ -105,3 +106,43 @@ def test_a_late_decline_after_the_25_ends_the_chance_of_a_reopen() -> None:
     h.respond(answer(original, "05"))
     assert h.core.stats()["stans_in_use"] == held - 1
     assert not sent_reversals(h.respond(answer(original)))
+
+
+def test_after_a_restart_another_attempts_00_settles_a_25_answered_reversal() -> None:
+    """After a restart the gateway knows no request of the old process, so a "25" cannot be
+    reopened by an approval; but attempts of the reversal share a STAN, and the 25 may answer
+    an earlier one. The reversal listens for another reversal_timeout: the later attempt's
+    00 settles it, and the terminal's own reversal is answered by the gateway instead of
+    going upstream as a second reversal of one original."""
+    h = Harness()
+    original = sale()
+    h.request(original)
+    fresh, _ = restart(h)  # in doubt: reversed by the new process
+    [first] = sent_reversals(fresh.advance(1.0))
+    fresh.advance(10.0)  # no answer in time
+    [second] = sent_reversals(fresh.run_until(fresh.core.next_deadline() or fresh.now))
+    assert second.mti == "0401"
+    fresh.respond(reversal_answer(first, "25"), mti="0410")  # the first attempt's answer
+    out = fresh.respond(reversal_answer(second, "00"), mti="0410")  # the second released it
+    assert not notices(out, "unmatched_response")
+    assert [r.last_response_code for r in reversal_records(out)] == ["00"]
+    held = fresh.core.stats()["stans_in_use"]
+    fresh.advance(1.0)
+    out = fresh.request(terminal_reversal(original), conn=5, mti="0400")
+    assert not forwards(out) and not sent_reversals(out)
+    assert fresh.core.stats()["stans_in_use"] <= held
+
+
+def test_a_25_answered_reversal_stops_listening_after_the_reversal_timeout() -> None:
+    """Nothing more came: the 25 is final, its STAN free again."""
+    h = Harness()
+    h.request(sale())
+    fresh, _ = restart(h)
+    [first] = sent_reversals(fresh.advance(1.0))
+    before = fresh.core.stats()["stans_in_use"]
+    fresh.respond(reversal_answer(first, "25"), mti="0410")
+    assert fresh.core.stats()["stans_in_use"] == before
+    fresh.run_until(fresh.now + 11.0)
+    assert fresh.core.stats()["stans_in_use"] == before - 1
+    late = fresh.respond(reversal_answer(first, "00"), mti="0410")
+    assert notices(late, "unmatched_response")

@@ -311,6 +311,7 @@ class GatewayCore:
             rev.attempts = saved.attempts
             # Sent before the crash, or requeued after attempts (updated since created).
             rev.sent_before = saved.attempts > 0 or saved.updated_at > saved.created_at
+            rev.unanswered_attempt = rev.sent_before  # its answer may have died with the process
             rev.last_response_code = saved.last_response_code
             self._next_reversal_id = max(self._next_reversal_id, rev.reversal_id + 1)
             if owner is not None:
@@ -588,6 +589,9 @@ class GatewayCore:
         # A request the answer's echoed times or RRN contradict: the answer is another
         # request's with the same key (a STAN reused while the first one's answer was late).
         contradicted: Pending | None = None
+        # A reversal closed by a "25" that still listens for its other attempts' answers:
+        # only when nothing open shares its key (an open one's answer must never settle it).
+        listening: Reversal | None = None
         for candidate in candidates:
             if values_agree(candidate.match_values, values):
                 if isinstance(candidate, Pending):
@@ -599,10 +603,14 @@ class GatewayCore:
                         return candidate
                 elif candidate.state is ReversalState.SENT:
                     return candidate
+                elif candidate.state in _CLOSED_REVERSAL:
+                    if listening is None:
+                        listening = candidate
+                    continue
                 if fallback is None:
                     fallback = candidate
         # An acquirer that does not echo them as sent contradicts every request: as before.
-        return fallback or contradicted
+        return fallback or contradicted or listening
 
     def _on_answer(
         self, pending: Pending, event: AcquirerResponse, now: float, out: list[Command]
@@ -695,12 +703,14 @@ class GatewayCore:
         self, auth: Authorization, code: str | None, now: float, out: list[Command]
     ) -> None:
         """The original was declined after all: a "25" to its reversal settles it for good."""
-        auth.response_code = code
-        auth.updated_at = now
-        out.append(Persist(auth.record()))
         rev = auth.reversal
         if rev is not None and rev.reopenable:
             self._drop_reopenable(rev)
+        if auth.closed_at is not None:  # reversed: what it kept for a reopen goes
+            auth.reversal_fields = self._fields_kept_when_closed(auth)
+        auth.response_code = code
+        auth.updated_at = now
+        out.append(Persist(auth.record()))
 
     def _reverse_overtaken(
         self, auth: Authorization, event: AcquirerResponse, now: float, out: list[Command]
@@ -864,6 +874,7 @@ class GatewayCore:
                 rev.state = ReversalState.OWED
                 rev.link_id = None
                 rev.forwarded = None
+                rev.unanswered_attempt = True
                 self._schedule_soon(rev, now)
 
     def _wait_on_conn(self, conn_id: int, item: _ConnWait) -> None:
@@ -1229,11 +1240,16 @@ class GatewayCore:
                 self._drop_reopenable(rev)
             return
         rev.last_response_code = code
-        if code in self._rules.not_found_codes and self._approval_known(rev):
+        if code in self._rules.not_found_codes and (
+            self._approval_known(rev) or rev.unanswered_attempt
+        ):
             # "Original not found", yet the acquirer approved it: this attempt overtook the
-            # original there, and the hold came after it. Not done: the next repeat (same
-            # reversal, same STAN) finds the original, or is answered "already reversed" if
-            # another attempt released it meanwhile.
+            # original there, and the hold came after it. Or an attempt went unanswered
+            # before: this 25 may be its late answer while a later attempt released the
+            # hold. Not done: the next repeat (same reversal, same STAN) finds the original,
+            # or is answered "already reversed", or (no approval known) "25" again, which
+            # then settles it.
+            rev.unanswered_attempt = False
             if rev.state is ReversalState.SENT:
                 self._attempt_failed(rev, now, out)
         elif code is not None and code in self._rules.resolved_codes:
@@ -1304,6 +1320,7 @@ class GatewayCore:
     def _on_reversal_timer(self, rev: Reversal, now: float, out: list[Command]) -> None:
         if rev.state is ReversalState.SENT:  # no answer within reversal_timeout
             rev.forwarded = None
+            rev.unanswered_attempt = True
             self._attempt_failed(rev, now, out)
         elif rev.state is ReversalState.OWED:  # its next attempt is due, or it expired
             if now >= rev.expires_at and not rev.last_chance:

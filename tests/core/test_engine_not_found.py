@@ -4,11 +4,16 @@ queue, another attempt of the same reversal may have released it, or it was decl
 from __future__ import annotations
 
 from gateway.core.commands import SendToAcquirer
+from gateway.core.records import CARD_DATA_FIELDS, AuthState
+from gateway.wire.dialect import ReversalRules
 
 from .helpers import (
+    PAN,
     Harness,
     answer,
+    auth_records,
     forwards,
+    make_dialect,
     notices,
     reversal_records,
     sale,
@@ -146,3 +151,102 @@ def test_a_25_answered_reversal_stops_listening_after_the_reversal_timeout() -> 
     assert fresh.core.stats()["stans_in_use"] == before - 1
     late = fresh.respond(reversal_answer(first, "00"), mti="0410")
     assert notices(late, "unmatched_response")
+
+
+CUP_STAN = make_dialect(reversal=ReversalRules(stan="original"))
+
+
+def test_another_reversals_late_00_does_not_settle_a_reopenable_reversal_sharing_its_key() -> None:
+    """CUP-style reversals (DE 11 = the original's STAN), STAN passthrough. Sale A (STAN
+    003316) times out; its reversal is answered 25 (it overtook A) and stays in the index,
+    reopenable. The terminal then sends sale B reusing STAN 003316 (another amount and time:
+    not a duplicate); B times out too and its reversal, same key (0410, 003316, TERM0001), gets
+    no answer in time. B's late 00 arrives while B waits for its repeat: `_match` takes the
+    first non-SENT candidate, the ACKNOWLEDGED reopenable A, and settles A "for good". A's
+    approval then arrives and is ignored: funds held, nothing reverses them. (On 005f55b A
+    was not indexed: B got its 00 and A's approval reopened A.)"""
+    h = Harness(dialect=CUP_STAN)
+    a = sale("003316")
+    h.request(a)
+    [rev_a] = sent_reversals(h.advance(15.0))
+    h.respond(reversal_answer(rev_a, "25"), mti="0410")  # A overtaken at the acquirer
+    h.advance(1.0)
+    b = sale("003316", de4="000000002000", de7="0908064600", de37="325106000002")
+    h.request(b, conn=2)
+    [rev_b] = sent_reversals(h.advance(15.0))
+    assert rev_b.fields["11"] == "003316" and rev_b.fields["4"] == "000000002000"
+    h.advance(10.0)  # B's attempt 1: no answer in time, B is OWED until its repeat
+    late = h.respond(reversal_answer(rev_b, "00"), mti="0410")  # B's attempt 1 released B
+    # B's repeat (if any) goes out and is answered "already reversed"
+    for again in sent_reversals(h.run_until(h.now + 6.0)):
+        h.respond(reversal_answer(again, "94"), mti="0410")
+    h.advance(1.0)
+    out = h.respond(answer(a))  # A's approval: the funds are held now
+    assert sent_reversals(out), (
+        "A's approval after its 25 reversed nothing; B's late 00 went to reversal "
+        f"{[r.reversal_id for r in reversal_records(late)]} (A is 1, B is 2)"
+    )
+
+
+def test_a_late_decline_after_a_25_journals_no_card_data_in_a_reversed_record() -> None:
+    """Sale times out, its reversal is answered 25 (kept reopenable: the full reversal fields,
+    PAN among them, stay on the authorization in memory only), then the original's late
+    decline arrives: the REVERSED authorization is journaled again, without them."""
+    h = Harness()
+    original = sale()
+    h.request(original)
+    [sent] = sent_reversals(h.advance(15.0))
+    h.respond(reversal_answer(sent, "25"), mti="0410")
+    out = h.respond(answer(original, "05"))
+    leaked = [
+        (r.state.value, sorted(set(r.reversal_fields) & CARD_DATA_FIELDS))
+        for r in auth_records(out)
+        if r.state is AuthState.REVERSED
+        and (set(r.reversal_fields) & CARD_DATA_FIELDS or PAN in repr(r.reversal_fields))
+    ]
+    assert not leaked, f"completed authorization journaled with card data: {leaked}"
+
+
+def test_a_25_to_an_earlier_attempt_is_not_taken_as_final_while_a_later_one_may_have_released() -> (
+    None
+):
+    """Attempt 1 (0400) gets no answer in time; attempt 2 (0401, same STAN) goes out. Attempt
+    1's late 25 arrives (it overtook the original); attempt 2 found the original and released
+    it, but its 00 is lost. An attempt went unanswered, so the 25 may be its answer: the
+    reversal is repeated once more, and the repeat is answered "already reversed" (94), not
+    the terminal's own 0400 sent upstream as a second reversal of the one original."""
+    h = Harness(settings(duplicate_window=10.0))
+    original = sale()
+    h.request(original)
+    [first] = sent_reversals(h.advance(15.0))
+    h.advance(10.0)  # no answer in time
+    [second] = sent_reversals(h.advance(5.0))
+    assert second.mti == "0401" and second.fields["11"] == first.fields["11"]
+    h.respond(reversal_answer(first, "25"), mti="0410")  # late answer to attempt 1
+    # attempt 2's "00" never arrives (lost on the way back); its repeat finds it released
+    [third] = sent_reversals(h.run_until(h.now + 30.0))
+    assert third.fields["11"] == first.fields["11"]
+    h.respond(reversal_answer(third, "94"), mti="0410")
+    h.run_until(h.now + 30.0)
+    out = h.request(terminal_reversal(original), conn=5, mti="0400")
+    ids = sorted({r.reversal_id for r in reversal_records(h.log)})
+    assert not forwards(out), (
+        f"reversal ids for one original: {ids}; the 25 closed it with attempt 2 unanswered"
+    )
+
+
+def test_a_genuine_not_found_still_settles_after_one_confirming_repeat() -> None:
+    """The original never reached the acquirer: after an unanswered attempt, the first 25
+    asks for one more repeat; its 25 settles the reversal."""
+    h = Harness()
+    h.request(sale())
+    [first] = sent_reversals(h.advance(15.0))
+    h.advance(10.0)  # attempt 1: no answer in time
+    [second] = sent_reversals(h.advance(5.0))
+    out = h.respond(reversal_answer(second, "25"), mti="0410")
+    assert not notices(out, "reversal_acknowledged")
+    [third] = sent_reversals(h.run_until(h.core.next_deadline() or h.now))
+    assert third.mti == "0401" and third.fields["11"] == first.fields["11"]
+    out = h.respond(reversal_answer(third, "25"), mti="0410")
+    assert notices(out, "reversal_acknowledged")
+    assert h.core.stats()["reversals_owed"] == 0

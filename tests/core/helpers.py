@@ -226,8 +226,26 @@ def settings(**overrides: Any) -> CoreSettings:
     return CoreSettings(**overrides)
 
 
+def reversal_answer(sent: SendToAcquirer, code: str = "00") -> dict[str, str]:
+    """The acquirer's answer to a reversal attempt: its STAN and DE 41 echoed, DE 39."""
+    return {"11": sent.fields["11"], "41": sent.fields["41"], "39": code}
+
+
 def reversed_by_the_gateway(h: Harness, original: dict[str, str], code: str = "00") -> None:
     """The original times out; the gateway's reversal is answered ``code``."""
     h.request(original)
     [sent] = sent_reversals(h.advance(15))
     h.respond({"11": sent.fields["11"], "41": original["41"], "39": code}, mti="0410")
+
+
+def unanswered_then_repeated(
+    h: Harness, original: dict[str, str]
+) -> tuple[SendToAcquirer, SendToAcquirer]:
+    """The original times out (15 s); its reversal's first attempt gets no answer within the
+    reversal timeout (10 s) and the repeat (0401, same STAN) goes out 5 s later."""
+    h.request(original)
+    [first] = sent_reversals(h.advance(15.0))
+    h.advance(10.0)
+    [second] = sent_reversals(h.advance(5.0))
+    assert second.mti == "0401" and second.fields["11"] == first.fields["11"]
+    return first, second

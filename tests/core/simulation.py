@@ -593,15 +593,7 @@ class Simulation:
             if roll < self.faults.response_drop + self.faults.response_late:
                 delay = self.rng.uniform(5.5, 30.0)
         msg.fields = response
-        self.at(
-            self.now + delay,
-            self._acquirer_answers,
-            link_id,
-            session,
-            response_mti,
-            response,
-            msg,
-        )
+        self.at(self.now + delay, self._acquirer_answers, link_id, session, msg, response_mti)
 
     def _process_late(
         self, link_id: int, session: int, incarnation: int, mti: str, fields: dict[str, str]
@@ -623,20 +615,13 @@ class Simulation:
             self._acquirer_answers,
             link_id,
             session,
-            response_mti,
-            response,
             msg,
+            response_mti,
             incarnation,
         )
 
     def _acquirer_answers(
-        self,
-        link_id: int,
-        session: int,
-        mti: str,
-        fields: dict[str, str],
-        msg: Msg,
-        incarnation: int | None = None,
+        self, link_id: int, session: int, msg: Msg, mti: str, incarnation: int | None = None
     ) -> None:
         """``incarnation``: the gateway process a queued request came from (Faults.processed_late):
         its answer goes to another connection only while that process lives, and one that
@@ -650,7 +635,7 @@ class Simulation:
                     self.acquirer.stand_in(msg, self.now)
                 return
             link_id = others[0]
-        self._to_core(AcquirerResponse(link_id, mti, fields, self._frame(msg)))
+        self._to_core(AcquirerResponse(link_id, mti, dict(msg.fields), self._frame(msg)))
 
     def _cut_link(self, link_id: int) -> None:
         if not self.active or not self.link_up[link_id]:

@@ -3,7 +3,6 @@ queue, another attempt of the same reversal may have released it, or it was decl
 
 from __future__ import annotations
 
-from gateway.core.commands import SendToAcquirer
 from gateway.core.records import CARD_DATA_FIELDS, AuthState
 from gateway.wire.dialect import ReversalRules
 
@@ -15,17 +14,15 @@ from .helpers import (
     forwards,
     make_dialect,
     notices,
+    reversal_answer,
     reversal_records,
     sale,
     sent_reversals,
     settings,
+    unanswered_then_repeated,
 )
 from .test_engine_recovery import restart
 from .test_engine_terminal_reversal import terminal_reversal
-
-
-def reversal_answer(sent: SendToAcquirer, code: str) -> dict[str, str]:
-    return {"11": sent.fields["11"], "41": sent.fields["41"], "39": code}
 
 
 def test_a_25_that_comes_after_the_window_still_lets_the_late_approval_reopen_it() -> None:
@@ -57,16 +54,12 @@ def test_a_25_that_comes_after_the_window_still_lets_the_late_approval_reopen_it
 def test_a_stale_25_is_not_followed_by_a_second_reversal() -> None:
     """Attempt 1 (0400) gets no answer in time; attempt 2 (0401, same STAN) goes out. The 25
     that arrives is attempt 1's (it overtook the original); attempt 2 found the original and
-    released it, and its "00" arrives right after. The closed reversal still listens for
-    its other attempts' answers, so that 00 settles it: the terminal's own 0400 is answered
-    by the gateway, not sent upstream as a second reversal."""
+    released it, and its "00" arrives right after. After an unanswered attempt a 25 is not
+    final, so that 00 settles the reversal: the terminal's own 0400 is answered by the
+    gateway, not sent upstream as a second reversal."""
     h = Harness(settings(duplicate_window=10.0))
     original = sale()
-    h.request(original)
-    [first] = sent_reversals(h.advance(15.0))
-    h.advance(10.0)  # no answer in time
-    [second] = sent_reversals(h.advance(5.0))
-    assert second.mti == "0401" and second.fields["11"] == first.fields["11"]
+    first, second = unanswered_then_repeated(h, original)
     h.respond(reversal_answer(first, "25"), mti="0410")  # late answer to attempt 1
     released = h.respond(reversal_answer(second, "00"), mti="0410")  # attempt 2: released
     h.advance(1.0)
@@ -85,10 +78,7 @@ def test_a_known_decline_does_not_send_the_terminals_reversal_upstream() -> None
     is answered by the gateway."""
     h = Harness(settings(duplicate_window=10.0))
     original = sale()
-    h.request(original)
-    sent_reversals(h.advance(15.0))
-    h.advance(10.0)
-    [second] = sent_reversals(h.advance(5.0))
+    _, second = unanswered_then_repeated(h, original)
     h.respond(answer(original, "05"))  # the original's late decline
     h.respond(reversal_answer(second, "25"), mti="0410")
     h.advance(1.0)
@@ -217,11 +207,7 @@ def test_a_25_to_an_earlier_attempt_is_not_taken_as_final_while_a_later_one_may_
     the terminal's own 0400 sent upstream as a second reversal of the one original."""
     h = Harness(settings(duplicate_window=10.0))
     original = sale()
-    h.request(original)
-    [first] = sent_reversals(h.advance(15.0))
-    h.advance(10.0)  # no answer in time
-    [second] = sent_reversals(h.advance(5.0))
-    assert second.mti == "0401" and second.fields["11"] == first.fields["11"]
+    first, _ = unanswered_then_repeated(h, original)
     h.respond(reversal_answer(first, "25"), mti="0410")  # late answer to attempt 1
     # attempt 2's "00" never arrives (lost on the way back); its repeat finds it released
     [third] = sent_reversals(h.run_until(h.now + 30.0))
@@ -239,10 +225,7 @@ def test_a_genuine_not_found_still_settles_after_one_confirming_repeat() -> None
     """The original never reached the acquirer: after an unanswered attempt, the first 25
     asks for one more repeat; its 25 settles the reversal."""
     h = Harness()
-    h.request(sale())
-    [first] = sent_reversals(h.advance(15.0))
-    h.advance(10.0)  # attempt 1: no answer in time
-    [second] = sent_reversals(h.advance(5.0))
+    first, second = unanswered_then_repeated(h, sale())
     out = h.respond(reversal_answer(second, "25"), mti="0410")
     assert not notices(out, "reversal_acknowledged")
     [third] = sent_reversals(h.run_until(h.core.next_deadline() or h.now))

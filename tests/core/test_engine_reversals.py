@@ -18,16 +18,13 @@ from .helpers import (
     make_dialect,
     notices,
     replies,
+    reversal_answer,
     reversal_records,
     sale,
     sent_reversals,
     settings,
     to_terminal,
 )
-
-
-def reversal_answer(sent: SendToAcquirer, code: str = "00") -> dict[str, str]:
-    return {"11": sent.fields["11"], "41": sent.fields["41"], "39": code}
 
 
 def timed_out(h: Harness, request: dict[str, str] | None = None) -> SendToAcquirer:

@@ -311,7 +311,7 @@ class GatewayCore:
             rev.attempts = saved.attempts
             # Sent before the crash, or requeued after attempts (updated since created).
             rev.sent_before = saved.attempts > 0 or saved.updated_at > saved.created_at
-            rev.unanswered_attempt = rev.sent_before  # its answer may have died with the process
+            rev.unanswered = int(rev.sent_before)  # its answer may have died with the process
             rev.last_response_code = saved.last_response_code
             self._next_reversal_id = max(self._next_reversal_id, rev.reversal_id + 1)
             if owner is not None:
@@ -874,7 +874,7 @@ class GatewayCore:
                 rev.state = ReversalState.OWED
                 rev.link_id = None
                 rev.forwarded = None
-                rev.unanswered_attempt = True
+                rev.unanswered += 1
                 self._schedule_soon(rev, now)
 
     def _wait_on_conn(self, conn_id: int, item: _ConnWait) -> None:
@@ -1240,16 +1240,17 @@ class GatewayCore:
                 self._drop_reopenable(rev)
             return
         rev.last_response_code = code
-        if code in self._rules.not_found_codes and (
-            self._approval_known(rev) or rev.unanswered_attempt
-        ):
+        if code in self._rules.not_found_codes and (self._approval_known(rev) or rev.unanswered):
             # "Original not found", yet the acquirer approved it: this attempt overtook the
-            # original there, and the hold came after it. Or an attempt went unanswered
-            # before: this 25 may be its late answer while a later attempt released the
-            # hold. Not done: the next repeat (same reversal, same STAN) finds the original,
-            # or is answered "already reversed", or (no approval known) "25" again, which
-            # then settles it.
-            rev.unanswered_attempt = False
+            # original there, and the hold came after it. Or attempts went unanswered: this
+            # 25 may be the late answer of one of them while a later one released the hold
+            # (attempts share a STAN). Not done: the next repeat (same reversal, same STAN)
+            # finds the original, is answered "already reversed", or, with no approval
+            # known, "25" again, which settles it once no unanswered attempt is left. With
+            # no attempt left it fails (kept, alerted on, retryable): ambiguous, so it is
+            # an operator's call, never taken as settled.
+            if rev.unanswered:
+                rev.unanswered -= 1
             if rev.state is ReversalState.SENT:
                 self._attempt_failed(rev, now, out)
         elif code is not None and code in self._rules.resolved_codes:
@@ -1320,7 +1321,7 @@ class GatewayCore:
     def _on_reversal_timer(self, rev: Reversal, now: float, out: list[Command]) -> None:
         if rev.state is ReversalState.SENT:  # no answer within reversal_timeout
             rev.forwarded = None
-            rev.unanswered_attempt = True
+            rev.unanswered += 1
             self._attempt_failed(rev, now, out)
         elif rev.state is ReversalState.OWED:  # its next attempt is due, or it expired
             if now >= rev.expires_at and not rev.last_chance:
@@ -1371,6 +1372,8 @@ class GatewayCore:
         del self._failed[rev.reversal_id]
         rev.state = ReversalState.OWED
         rev.attempts = 0
+        # A fresh budget: of the old attempts' answers, one late 25 at most asks for a repeat.
+        rev.unanswered = min(rev.unanswered, 1)
         rev.expires_at = now + self.settings.reversal_expiry
         rev.updated_at = now
         self._reversals[rev.reversal_id] = rev

@@ -200,9 +200,9 @@ class Reversal:
     # for another attempt's answer, and while its original's answer may still come, its
     # fields (in memory), to be reopened if that answer is an approval.
     reopenable: bool = False
-    # An attempt went unanswered (timed out, its link broke, or the process restarted): a
-    # "25" may be that attempt's late answer while a later one released the hold.
-    unanswered_attempt: bool = False
+    # Attempts that went unanswered (timed out, their link broke, or the process restarted):
+    # a "25" may be the late answer of one of them while a later one released the hold.
+    unanswered: int = 0
     waiters: dict[int, Waiter] = field(default_factory=dict)
     # The terminal whose own message is the attempt on the wire, and the replace that restores
     # its STAN: that terminal gets the acquirer's answer byte for byte.

@@ -233,3 +233,125 @@ def test_a_genuine_not_found_still_settles_after_one_confirming_repeat() -> None
     out = h.respond(reversal_answer(third, "25"), mti="0410")
     assert notices(out, "reversal_acknowledged")
     assert h.core.stats()["reversals_owed"] == 0
+
+
+def test_two_stale_25s_do_not_settle_a_reversal_whose_latest_attempt_is_still_out() -> None:
+    """Attempts 1 and 2 both go unanswered in time (the acquirer is slow; both overtook the
+    original in its queue); attempt 3 (0401, same STAN) goes out and finds the original,
+    releasing it. Then the late 25s of attempts 1 and 2 arrive: each is counted against one
+    unanswered attempt, so neither settles the reversal. Attempt 3's 00 is lost with its
+    link; the repeat after it is answered "already reversed", and the terminal's own 0400 is
+    answered by the gateway, not sent upstream as a second reversal."""
+    h = Harness(settings(duplicate_window=10.0))
+    original = sale()
+    h.request(original)
+    [first] = sent_reversals(h.advance(15.0))  # t=15, attempt 1
+    h.advance(10.0)  # t=25: attempt 1 unanswered
+    [second] = sent_reversals(h.advance(5.0))  # t=30, attempt 2 (0401)
+    h.advance(10.0)  # t=40: attempt 2 unanswered
+    [third] = sent_reversals(h.advance(10.0))  # t=50, attempt 3 (0401)
+    assert first.fields["11"] == second.fields["11"] == third.fields["11"]
+    h.advance(0.5)
+    h.respond(reversal_answer(first, "25"), mti="0410")  # attempt 1's late answer
+    out = h.respond(reversal_answer(second, "25"), mti="0410")  # attempt 2's late answer
+    settled_by_stale_25 = bool(notices(out, "reversal_acknowledged"))
+    # Attempt 3's "00" (it released the hold) is lost: the link it came on breaks.
+    h.link_down(1)
+    h.advance(1.0)
+    h.link_up(1)
+    for again in sent_reversals(h.run_until(h.now + 40.0)):  # a repeat would get 94
+        h.respond(reversal_answer(again, "94"), mti="0410")
+    out = h.request(terminal_reversal(original), conn=5, mti="0400")
+    ids = sorted({r.reversal_id for r in reversal_records(h.log)})
+    assert not forwards(out), (
+        f"reversal ids for one original: {ids}; settled by the second stale 25 with attempt 3 "
+        f"unanswered: {settled_by_stale_25}"
+    )
+
+
+def test_a_repeats_answer_after_a_settling_25_is_still_matched_within_the_window() -> None:
+    """Default windows. Attempt 1 times out; attempt 2 (0401) goes out at t=30. Attempt 1's
+    late 25 (t=31) is counted against it and the reversal repeated (attempt 3 at t=41).
+    Attempt 2's late 25 (t=42) then settles it, with attempt 3 still out: attempts share a
+    STAN, and this cannot be told from attempt 3's own answer. Attempt 3's 00 comes 19 s
+    later; the settled reversal is still matchable while its request is remembered
+    (duplicates.window from the 25), so that 00 settles it for good and the terminal's own
+    0400 is answered by the gateway."""
+    h = Harness()
+    original = sale()
+    h.request(original)
+    [first] = sent_reversals(h.advance(15.0))  # t=15
+    h.advance(10.0)  # t=25: attempt 1 unanswered
+    [second] = sent_reversals(h.advance(5.0))  # t=30, attempt 2
+    h.advance(1.0)
+    h.respond(reversal_answer(first, "25"), mti="0410")  # t=31: attempt 1's late 25
+    [third] = sent_reversals(h.run_until(h.now + 10.0))  # t=41, attempt 3
+    h.advance(1.0)
+    h.respond(reversal_answer(second, "25"), mti="0410")  # t=42: attempt 2's late 25
+    h.run_until(h.now + 18.0)
+    late = h.respond(reversal_answer(third, "00"), mti="0410")  # t=60: attempt 3 released it
+    h.advance(1.0)
+    out = h.request(terminal_reversal(original), conn=5, mti="0400")
+    ids = sorted({r.reversal_id for r in reversal_records(h.log)})
+    assert not forwards(out), (
+        f"reversal ids for one original: {ids}; attempt 3's 00 was "
+        f"{[n.data.get('reason') for n in notices(late, 'unmatched_response')]}"
+    )
+
+
+def test_a_25_on_the_last_attempt_after_unanswered_ones_fails_for_the_operator() -> None:
+    """Default settings (max_attempts 20). The acquirer's reversal service is down for an hour
+    while the link stays up: attempts 1-19 time out. It comes back and answers attempt 20
+    "25". That may be a late answer to an earlier attempt while a later one released the hold,
+    or a genuine "not found": with no attempt left to ask again, the reversal fails (kept,
+    alerted on, retryable), it is not taken as settled. After an operator's retry, one more
+    25 asks for one repeat at most; the next settles it."""
+    h = Harness()
+    h.request(sale())
+    sent = sent_reversals(h.advance(15.0))
+    while len(sent) < 20:
+        sent += sent_reversals(h.run_until(h.core.next_deadline() or h.now))
+    assert [s.mti for s in sent][1:] == ["0401"] * 19
+    h.advance(1.0)
+    out = h.respond(reversal_answer(sent[-1], "25"), mti="0410")
+    assert notices(out, "reversal_failed") and not notices(out, "reversal_acknowledged")
+    [retried] = sent_reversals(h.requeue(1) + h.run_until(h.now + 5.0))
+    h.respond(reversal_answer(retried, "25"), mti="0410")  # may still be an old attempt's
+    [confirming] = sent_reversals(h.run_until(h.core.next_deadline() or h.now))
+    out = h.respond(reversal_answer(confirming, "25"), mti="0410")
+    assert notices(out, "reversal_acknowledged")
+
+
+def test_an_answer_to_one_reversal_does_not_settle_another_sharing_its_key() -> None:
+    """CUP-style reversals (DE 11 = the original's STAN), STAN passthrough, default windows.
+    Sale A (003316) times out; its attempts 1 and 2 go unanswered in time, attempt 3 goes out
+    at t=50, then the late 25s of attempts 1 and 2 arrive (counted against them: A stays
+    open). The terminal's next sale B reuses STAN 003316 (another amount and time); B times
+    out and its reversal (same key: 0410, 003316, TERM0001) is answered 91. Then A's attempt 3
+    answer (00: it released A) arrives: it settles A, and B's repeat still goes."""
+    h = Harness(dialect=CUP_STAN)
+    a = sale("003316")
+    h.request(a)
+    [first] = sent_reversals(h.advance(15.0))  # t=15
+    h.advance(10.0)
+    sent_reversals(h.advance(5.0))  # t=30, attempt 2
+    h.advance(10.0)
+    [third] = sent_reversals(h.advance(10.0))  # t=50, attempt 3
+    h.advance(0.5)
+    h.respond(reversal_answer(first, "25"), mti="0410")  # attempt 1's late 25
+    h.respond(reversal_answer(first, "25"), mti="0410")  # attempt 2's late 25
+    h.advance(0.5)
+    b = sale("003316", de4="000000002000", de7="0908064700", de37="325106000002")
+    h.request(b, conn=2)
+    [rev_b] = sent_reversals(h.advance(15.0))  # t=66
+    assert rev_b.fields["11"] == "003316" and rev_b.fields["4"] == "000000002000"
+    h.advance(1.0)
+    h.respond(reversal_answer(rev_b, "91"), mti="0410")  # B: not yet, repeat in 5 s
+    h.advance(1.0)
+    taken = h.respond(reversal_answer(third, "00"), mti="0410")  # A's attempt 3: released A
+    taken_by = [r.reversal_id for r in reversal_records(taken)]
+    repeats = [s for s in sent_reversals(h.run_until(h.now + 10.0)) if s.fields["4"] == b["4"]]
+    assert repeats, (
+        f"A's 00 went to reversal {taken_by} (A is 1, B is 2): B settled, its repeat never "
+        "sent, B's hold left"
+    )

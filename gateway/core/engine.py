@@ -90,6 +90,7 @@ from gateway.core.stan import StanAllocator, StanExhausted
 from gateway.core.timers import TimerHeap
 from gateway.core.tracking import (
     NO_FIELDS,
+    UNANSWERED_KEPT,
     Authorization,
     EchoFields,
     IndexKey,
@@ -311,7 +312,7 @@ class GatewayCore:
             rev.attempts = saved.attempts
             # Sent before the crash, or requeued after attempts (updated since created).
             rev.sent_before = saved.attempts > 0 or saved.updated_at > saved.created_at
-            rev.unanswered = int(rev.sent_before)  # its answer may have died with the process
+            rev.unanswered = int(rev.sent_before)  # its answer died with the process, or is late
             rev.last_response_code = saved.last_response_code
             self._next_reversal_id = max(self._next_reversal_id, rev.reversal_id + 1)
             if owner is not None:
@@ -874,7 +875,7 @@ class GatewayCore:
                 rev.state = ReversalState.OWED
                 rev.link_id = None
                 rev.forwarded = None
-                rev.unanswered += 1
+                self._note_unanswered(rev)
                 self._schedule_soon(rev, now)
 
     def _wait_on_conn(self, conn_id: int, item: _ConnWait) -> None:
@@ -1203,6 +1204,7 @@ class GatewayCore:
         self._parked.pop(rev, None)
         rev.state = ReversalState.SENT
         rev.sent_before = True
+        rev.answer_may_have_come = False
         rev.last_chance = False
         rev.attempts += 1
         rev.link_id = link_id
@@ -1240,19 +1242,21 @@ class GatewayCore:
                 self._drop_reopenable(rev)
             return
         rev.last_response_code = code
-        if code in self._rules.not_found_codes and (self._approval_known(rev) or rev.unanswered):
+        maybe_late = self._one_less_unanswered(rev)
+        not_found = code in self._rules.not_found_codes
+        if not_found and self._approval_known(rev):
             # "Original not found", yet the acquirer approved it: this attempt overtook the
-            # original there, and the hold came after it. Or attempts went unanswered: this
-            # 25 may be the late answer of one of them while a later one released the hold
-            # (attempts share a STAN). Not done: the next repeat (same reversal, same STAN)
-            # finds the original, is answered "already reversed", or, with no approval
-            # known, "25" again, which settles it once no unanswered attempt is left. With
-            # no attempt left it fails (kept, alerted on, retryable): ambiguous, so it is
-            # an operator's call, never taken as settled.
-            if rev.unanswered:
-                rev.unanswered -= 1
+            # original there, and the hold came after it. Not done: the next repeat (same
+            # reversal, same STAN) finds the original, or is answered "already reversed".
             if rev.state is ReversalState.SENT:
                 self._attempt_failed(rev, now, out)
+        elif not_found and maybe_late and (rev.state is ReversalState.SENT or rev.unanswered):
+            # Attempts share a STAN: this 25 may be the late answer of an attempt that went
+            # unanswered, while the one on the wire (or another unanswered one) released the
+            # hold. Wait for what the schedule brings: that attempt's answer, or its timeout
+            # and a repeat (answered "already reversed", or "25" again, which then settles).
+            if rev.state is ReversalState.SENT:
+                rev.answer_may_have_come = True
         elif code is not None and code in self._rules.resolved_codes:
             auth = rev.auth
             not_found = overtaken = False
@@ -1294,6 +1298,19 @@ class GatewayCore:
             self._attempt_failed(rev, now, out)
         # else: the answer to an earlier attempt says "not yet": the schedule stands
 
+    def _note_unanswered(self, rev: Reversal) -> None:
+        """The attempt on the wire got no answer (timeout, link lost): one may still come."""
+        if not rev.answer_may_have_come:
+            rev.unanswered = min(rev.unanswered + 1, UNANSWERED_KEPT)
+
+    def _one_less_unanswered(self, rev: Reversal) -> bool:
+        """An answer came: if attempts went unanswered, it may be the late answer of one of
+        them (True), which is then waited for no longer."""
+        if not rev.unanswered:
+            return False
+        rev.unanswered -= 1
+        return True
+
     def _drop_reopenable(self, rev: Reversal) -> None:
         """Its "25" is final: its fields, STAN, index entry and listening timer go."""
         rev.reopenable = False
@@ -1321,7 +1338,7 @@ class GatewayCore:
     def _on_reversal_timer(self, rev: Reversal, now: float, out: list[Command]) -> None:
         if rev.state is ReversalState.SENT:  # no answer within reversal_timeout
             rev.forwarded = None
-            rev.unanswered += 1
+            self._note_unanswered(rev)
             self._attempt_failed(rev, now, out)
         elif rev.state is ReversalState.OWED:  # its next attempt is due, or it expired
             if now >= rev.expires_at and not rev.last_chance:
@@ -1372,8 +1389,6 @@ class GatewayCore:
         del self._failed[rev.reversal_id]
         rev.state = ReversalState.OWED
         rev.attempts = 0
-        # A fresh budget: of the old attempts' answers, one late 25 at most asks for a repeat.
-        rev.unanswered = min(rev.unanswered, 1)
         rev.expires_at = now + self.settings.reversal_expiry
         rev.updated_at = now
         self._reversals[rev.reversal_id] = rev

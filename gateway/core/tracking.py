@@ -171,6 +171,12 @@ class Waiter:
     header: bytes
 
 
+# Unanswered attempts a reversal keeps count of: each lets one "25" pass as possibly its late
+# answer (one more repeat). Without a cap, an hour of timeouts would cost as many repeats
+# after the acquirer is back, and fail the reversal of an original it never saw.
+UNANSWERED_KEPT = 2
+
+
 @dataclass(slots=True, eq=False)
 class Reversal:
     """One reversal of one authorization; mirrors its ReversalRecord. Owns its own timer."""
@@ -200,9 +206,13 @@ class Reversal:
     # for another attempt's answer, and while its original's answer may still come, its
     # fields (in memory), to be reopened if that answer is an approval.
     reopenable: bool = False
-    # Attempts that went unanswered (timed out, their link broke, or the process restarted):
-    # a "25" may be the late answer of one of them while a later one released the hold.
+    # Attempts that went unanswered (timed out, their link broke, or the process restarted),
+    # at most UNANSWERED_KEPT: a "25" may be the late answer of one of them while a later one
+    # released the hold.
     unanswered: int = 0
+    # A "25" came while this attempt was out and was taken as an older attempt's: it may have
+    # been this one's, so this attempt's timeout does not count as unanswered.
+    answer_may_have_come: bool = False
     waiters: dict[int, Waiter] = field(default_factory=dict)
     # The terminal whose own message is the attempt on the wire, and the replace that restores
     # its STAN: that terminal gets the acquirer's answer byte for byte.

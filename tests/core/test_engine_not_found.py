@@ -3,6 +3,7 @@ queue, another attempt of the same reversal may have released it, or it was decl
 
 from __future__ import annotations
 
+from gateway.core.commands import Command, SendToAcquirer
 from gateway.core.records import CARD_DATA_FIELDS, AuthState
 from gateway.wire.dialect import ReversalRules
 
@@ -223,12 +224,14 @@ def test_a_25_to_an_earlier_attempt_is_not_taken_as_final_while_a_later_one_may_
 
 def test_a_genuine_not_found_still_settles_after_one_confirming_repeat() -> None:
     """The original never reached the acquirer: after an unanswered attempt, the first 25
-    asks for one more repeat; its 25 settles the reversal."""
+    may be that attempt's; the one on the wire is waited for and repeated, and the repeat's
+    25 settles the reversal."""
     h = Harness()
     first, second = unanswered_then_repeated(h, sale())
     out = h.respond(reversal_answer(second, "25"), mti="0410")
     assert not notices(out, "reversal_acknowledged")
-    [third] = sent_reversals(h.run_until(h.core.next_deadline() or h.now))
+    # it may be attempt 1's: attempt 2 is waited for, then repeated
+    [third] = sent_reversals(h.run_until(h.now + 30.0))
     assert third.mti == "0401" and third.fields["11"] == first.fields["11"]
     out = h.respond(reversal_answer(third, "25"), mti="0410")
     assert notices(out, "reversal_acknowledged")
@@ -242,7 +245,7 @@ def test_two_stale_25s_do_not_settle_a_reversal_whose_latest_attempt_is_still_ou
     unanswered attempt, so neither settles the reversal. Attempt 3's 00 is lost with its
     link; the repeat after it is answered "already reversed", and the terminal's own 0400 is
     answered by the gateway, not sent upstream as a second reversal."""
-    h = Harness(settings(duplicate_window=10.0))
+    h = Harness()
     original = sale()
     h.request(original)
     [first] = sent_reversals(h.advance(15.0))  # t=15, attempt 1
@@ -261,6 +264,7 @@ def test_two_stale_25s_do_not_settle_a_reversal_whose_latest_attempt_is_still_ou
     h.link_up(1)
     for again in sent_reversals(h.run_until(h.now + 40.0)):  # a repeat would get 94
         h.respond(reversal_answer(again, "94"), mti="0410")
+    h.run_until(h.now + 120.0)  # the request is forgotten
     out = h.request(terminal_reversal(original), conn=5, mti="0400")
     ids = sorted({r.reversal_id for r in reversal_records(h.log)})
     assert not forwards(out), (
@@ -271,12 +275,12 @@ def test_two_stale_25s_do_not_settle_a_reversal_whose_latest_attempt_is_still_ou
 
 def test_a_repeats_answer_after_a_settling_25_is_still_matched_within_the_window() -> None:
     """Default windows. Attempt 1 times out; attempt 2 (0401) goes out at t=30. Attempt 1's
-    late 25 (t=31) is counted against it and the reversal repeated (attempt 3 at t=41).
-    Attempt 2's late 25 (t=42) then settles it, with attempt 3 still out: attempts share a
-    STAN, and this cannot be told from attempt 3's own answer. Attempt 3's 00 comes 19 s
-    later; the settled reversal is still matchable while its request is remembered
-    (duplicates.window from the 25), so that 00 settles it for good and the terminal's own
-    0400 is answered by the gateway."""
+    late 25 (t=31) is taken as its answer; attempt 2 is waited for, times out, and attempt 3
+    goes out. Attempt 2's late 25 then settles the reversal, with attempt 3 still out:
+    attempts share a STAN, and this cannot be told from attempt 3's own answer. Attempt 3's
+    00 comes 18 s later; the settled reversal is still matchable while its request is
+    remembered (duplicates.window from the 25), so that 00 settles it for good and the
+    terminal's own 0400 is answered by the gateway."""
     h = Harness()
     original = sale()
     h.request(original)
@@ -285,11 +289,13 @@ def test_a_repeats_answer_after_a_settling_25_is_still_matched_within_the_window
     [second] = sent_reversals(h.advance(5.0))  # t=30, attempt 2
     h.advance(1.0)
     h.respond(reversal_answer(first, "25"), mti="0410")  # t=31: attempt 1's late 25
-    [third] = sent_reversals(h.run_until(h.now + 10.0))  # t=41, attempt 3
+    third = []
+    while not third:  # attempt 2 times out at t=40; attempt 3 after the retry delay
+        third = sent_reversals(h.run_until(h.core.next_deadline() or h.now))
     h.advance(1.0)
-    h.respond(reversal_answer(second, "25"), mti="0410")  # t=42: attempt 2's late 25
-    h.run_until(h.now + 18.0)
-    late = h.respond(reversal_answer(third, "00"), mti="0410")  # t=60: attempt 3 released it
+    h.respond(reversal_answer(second, "25"), mti="0410")  # attempt 2's late 25: settles
+    h.advance(18.0)
+    late = h.respond(reversal_answer(third[0], "00"), mti="0410")  # attempt 3 released it
     h.advance(1.0)
     out = h.request(terminal_reversal(original), conn=5, mti="0400")
     ids = sorted({r.reversal_id for r in reversal_records(h.log)})
@@ -304,8 +310,9 @@ def test_a_25_on_the_last_attempt_after_unanswered_ones_fails_for_the_operator()
     while the link stays up: attempts 1-19 time out. It comes back and answers attempt 20
     "25". That may be a late answer to an earlier attempt while a later one released the hold,
     or a genuine "not found": with no attempt left to ask again, the reversal fails (kept,
-    alerted on, retryable), it is not taken as settled. After an operator's retry, one more
-    25 asks for one repeat at most; the next settles it."""
+    alerted on, retryable), it is not taken as settled. After an operator's retry, each 25
+    is answered with a repeat while unanswered attempts are counted (two at most); then the
+    next 25 settles it."""
     h = Harness()
     h.request(sale())
     sent = sent_reversals(h.advance(15.0))
@@ -313,13 +320,21 @@ def test_a_25_on_the_last_attempt_after_unanswered_ones_fails_for_the_operator()
         sent += sent_reversals(h.run_until(h.core.next_deadline() or h.now))
     assert [s.mti for s in sent][1:] == ["0401"] * 19
     h.advance(1.0)
-    out = h.respond(reversal_answer(sent[-1], "25"), mti="0410")
-    assert notices(out, "reversal_failed") and not notices(out, "reversal_acknowledged")
-    [retried] = sent_reversals(h.requeue(1) + h.run_until(h.now + 5.0))
-    h.respond(reversal_answer(retried, "25"), mti="0410")  # may still be an old attempt's
-    [confirming] = sent_reversals(h.run_until(h.core.next_deadline() or h.now))
-    out = h.respond(reversal_answer(confirming, "25"), mti="0410")
+    h.respond(reversal_answer(sent[-1], "25"), mti="0410")
+    out = h.run_until(h.now + 30.0)  # attempt 20 is waited for: no attempt is left
+    assert notices(out, "reversal_failed") and h.core.stats()["reversals_failed"] == 1
+    h.requeue(1)
+    answered_25 = 0
+    out: list[Command] = []
+    for _ in range(50):  # each attempt answered 25 at once
+        out = h.run_until(h.core.next_deadline() or h.now)
+        for attempt in sent_reversals(out):
+            out = h.respond(reversal_answer(attempt, "25"), mti="0410")
+            answered_25 += 1
+        if notices(out, "reversal_acknowledged"):
+            break
     assert notices(out, "reversal_acknowledged")
+    assert answered_25 <= 3  # one repeat per unanswered attempt still counted (two at most)
 
 
 def test_an_answer_to_one_reversal_does_not_settle_another_sharing_its_key() -> None:
@@ -354,4 +369,133 @@ def test_an_answer_to_one_reversal_does_not_settle_another_sharing_its_key() -> 
     assert repeats, (
         f"A's 00 went to reversal {taken_by} (A is 1, B is 2): B settled, its repeat never "
         "sent, B's hold left"
+    )
+
+
+# Genuine "not found" after unanswered attempts: settled, never failed or stuck.
+
+
+def _next_attempt(h: Harness, limit: float = 4_000.0) -> SendToAcquirer | None:
+    """Fire timers until the reversal's next attempt goes out (None: nothing left to fire)."""
+    stop = h.now + limit
+    while (deadline := h.core.next_deadline()) is not None and deadline <= stop:
+        sent = sent_reversals(h.run_until(deadline))
+        if sent:
+            [attempt] = sent
+            return attempt
+    return None
+
+
+def _answer_every_attempt_25(h: Harness, attempt: SendToAcquirer) -> tuple[str, int]:
+    """The acquirer has no such original: every attempt from here on is answered "25" at
+    once. Returns how the reversal ended and how many attempts those 25s took."""
+    log: list[Command] = []
+    answered = 0
+    current: SendToAcquirer | None = attempt
+    while current is not None:
+        h.advance(0.2)
+        out = h.respond(reversal_answer(current, "25"), mti="0410")
+        answered += 1
+        log += out
+        if notices(out, "reversal_acknowledged"):
+            return "acknowledged", answered
+        if notices(out, "reversal_failed"):
+            return "failed", answered
+        current = _next_attempt(h)
+    return "stuck", answered
+
+
+def test_a_genuine_not_found_after_a_half_hour_reversal_outage_is_not_failed() -> None:
+    """Default settings. The original never reached the acquirer (request lost). The
+    acquirer's reversal processing is down for ~29 minutes while the link stays up: attempts
+    1-10 time out with no answer at all. It comes back and answers every attempt "25", the
+    genuine "not found". At most two unanswered attempts are counted (UNANSWERED_KEPT), so
+    the 25s settle it within a few attempts, with half of the budget still left."""
+    h = Harness()
+    h.request(sale())
+    [attempt] = sent_reversals(h.advance(15.0))
+    silent = [attempt]
+    while len(silent) < 10:  # no answer: each times out
+        nxt = _next_attempt(h)
+        assert nxt is not None
+        silent.append(nxt)
+    back = _next_attempt(h)  # attempt 11: the acquirer answers again
+    assert back is not None
+    outcome, answered = _answer_every_attempt_25(h, back)
+    assert outcome == "acknowledged", (
+        f"genuine not found after 10 unanswered attempts: {outcome} after {answered} "
+        f"answered 25s, stats {h.core.stats()}"
+    )
+
+
+def test_link_flaps_while_sent_do_not_fail_a_genuine_not_found() -> None:
+    """Default settings. The original never reached the acquirer. The acquirer link flaps
+    (up ~2 s, down ~3 s) ten times, each time while the reversal's attempt is on the wire.
+    Then the link is stable and every attempt is answered "25": the reversal settles, it
+    does not fail (the flaps count two unanswered attempts at most)."""
+    h = Harness()
+    h.request(sale())
+    [attempt] = sent_reversals(h.advance(15.0))
+    for _ in range(9):
+        h.advance(2.0)
+        h.link_down(1)
+        h.advance(3.0)
+        h.link_up(1)
+        again = sent_reversals(h.advance(0.0))
+        assert len(again) == 1 and again[0].mti == "0401"
+    h.advance(2.0)
+    h.link_down(1)  # the 10th flap
+    h.advance(3.0)
+    h.link_up(1)
+    [attempt] = sent_reversals(h.advance(0.0))  # attempt 11
+    outcome, answered = _answer_every_attempt_25(h, attempt)
+    assert outcome == "acknowledged", (
+        f"genuine not found after 10 link flaps: {outcome} after {answered} answered 25s, "
+        f"stats {h.core.stats()}"
+    )
+
+
+def test_attempts_answered_late_with_91_are_not_counted_as_unanswered() -> None:
+    """Default settings. The original never reached the acquirer. The acquirer is congested
+    for ~29 minutes: attempts 1-10 are each answered "91" (try later) 11 s after they went
+    out, past reversal_timeout, while the reversal is OWED. Each late answer takes its
+    attempt off the unanswered count, so when the acquirer recovers and answers "25", the
+    reversal settles."""
+    h = Harness()
+    h.request(sale())
+    [attempt] = sent_reversals(h.advance(15.0))
+    for _ in range(10):
+        h.advance(11.0)  # timed out at +10; its 91 arrives at +11 (OWED)
+        h.respond(reversal_answer(attempt, "91"), mti="0410")
+        nxt = _next_attempt(h)
+        assert nxt is not None
+        attempt = nxt
+    outcome, answered = _answer_every_attempt_25(h, attempt)
+    assert outcome == "acknowledged", (
+        f"genuine not found after 10 late-answered attempts: {outcome} after {answered} "
+        f"answered 25s, stats {h.core.stats()}"
+    )
+
+
+def test_a_slow_acquirers_25_settles_a_genuine_not_found() -> None:
+    """Default settings. The original never reached the acquirer; the acquirer answers every
+    reversal attempt "25", 11 s after it (1 s past reversal_timeout). The first attempt
+    times out; its 25 comes while nothing is on the wire and no other attempt is unanswered:
+    it can only be that attempt's answer, and it settles the reversal."""
+    h = Harness()
+    h.request(sale())
+    [attempt] = sent_reversals(h.advance(15.0))
+    log: list[Command] = []
+    answers = 0
+    current: SendToAcquirer | None = attempt
+    while current is not None and answers < 25:
+        log += h.advance(11.0)
+        log += h.respond(reversal_answer(current, "25"), mti="0410")
+        answers += 1
+        if notices(log, "reversal_acknowledged") or notices(log, "reversal_failed"):
+            break
+        current = _next_attempt(h)
+    assert notices(log, "reversal_acknowledged"), (
+        f"every one of {answers} attempts answered 25 (11 s late): "
+        f"failed={bool(notices(log, 'reversal_failed'))}, stats {h.core.stats()}"
     )

@@ -569,6 +569,10 @@ class GatewayCore:
         if target is None:
             reason = "no_request" if info.valid and info.response else "not_a_response"
             data = notices.response_data(event.mti, event.fields, event.link_id, reason)
+            # An approval of nothing the gateway knows (sent before a restart, or later than
+            # duplicates.window): funds may be held that no terminal was told about, and the
+            # gateway has nothing to reverse them with. Operations must hear of it.
+            data["may_hold"] = reason == "no_request" and self._holds_if_approved(event)
             out.append(Notify(notices.UNMATCHED_RESPONSE, data))
         elif isinstance(target, Reversal):
             self._on_reversal_response(target, event, now, out)
@@ -577,9 +581,19 @@ class GatewayCore:
         elif target.phase is Phase.ANSWERED:
             reason = "already_answered"
             data = notices.response_data(event.mti, event.fields, event.link_id, reason)
+            data["may_hold"] = False  # the acquirer repeated an answer: no second hold
             out.append(Notify(notices.UNMATCHED_RESPONSE, data))
         else:
             self._on_late_response(target, event, now, out)
+
+    def _holds_if_approved(self, event: AcquirerResponse) -> bool:
+        """An approval answering a request that holds funds (0110/0210, not a balance
+        inquiry by DE 3, where the acquirer echoes it)."""
+        if event.fields.get("39") not in self.settings.approval_codes:
+            return False
+        mti = event.mti
+        request = mti[:2] + str(int(mti[2]) - 1) + "0"
+        return self.dialect.is_reversible(request, event.fields.get("3"))
 
     def _match(self, mti: str, fields: Mapping[str, str]) -> _Matchable | None:
         candidates = self._index.get((mti, fields.get(self._index_field)))

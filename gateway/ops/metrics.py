@@ -136,6 +136,7 @@ class MetricsSink:
         self.reversal_attempts: dict[str, int] = dict.fromkeys(REVERSAL_REASONS, 0)
         self.late_responses = 0
         self.unmatched_responses: dict[str, int] = dict.fromkeys(UNMATCHED_REASONS, 0)
+        self.unmatched_approvals = 0
         self.undeliverable_responses: dict[str, int] = dict.fromkeys(UNDELIVERABLE_OUTCOMES, 0)
         self.round_trip = Histogram(ROUND_TRIP_BUCKETS)
         self.gateway_added = Histogram(GATEWAY_BUCKETS)
@@ -213,6 +214,8 @@ class MetricsSink:
     def _unmatched(self, kind: str, data: Mapping[str, Any]) -> None:
         reason = data.get("reason") or "unknown"
         self.unmatched_responses[reason] = self.unmatched_responses.get(reason, 0) + 1
+        if data.get("may_hold"):
+            self.unmatched_approvals += 1
 
     def _undeliverable(self, kind: str, data: Mapping[str, Any]) -> None:
         outcome = data.get("outcome") or "unknown"
@@ -355,6 +358,13 @@ class GatewayCollector:
             "reason",
             sink.unmatched_responses,
         )
+        unmatched_approvals = CounterMetricFamily(
+            PREFIX + "unmatched_approvals",
+            "Approvals of authorizations that match no request: funds may be held that no "
+            "terminal was told about, and the gateway cannot reverse them.",
+        )
+        unmatched_approvals.add_metric([], sink.unmatched_approvals)
+        yield unmatched_approvals
         yield _counter_by(
             "undeliverable_responses",
             "Approvals that could not be written to the terminal (then reversed), by outcome.",

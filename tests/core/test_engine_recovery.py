@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
+import pytest
+
 from gateway.core.commands import Command
 from gateway.core.engine import GatewayCore
 from gateway.core.records import (
@@ -196,6 +198,27 @@ def test_late_responses_after_restart_are_unmatched() -> None:
     fresh, _ = restart(h)
     out = fresh.respond(answer(request))
     assert not to_terminal(out)
+    [unmatched] = notices(out, "unmatched_response")
+    # An approval of an authorization nobody knows of: funds may be held (an alert).
+    assert unmatched.data["reason"] == "no_request" and unmatched.data["may_hold"] is True
+
+
+@pytest.mark.parametrize(
+    ("mti", "fields", "may_hold"),
+    [
+        ("0210", {"39": "05"}, False),  # a decline holds nothing
+        ("0110", {"3": "310000", "39": "00"}, False),  # a balance inquiry holds nothing
+        ("0410", {"39": "00"}, False),  # a reversal's answer
+        ("0110", {"3": "000000", "39": "00"}, True),
+    ],
+)
+def test_which_unmatched_answers_may_hold_funds(
+    mti: str, fields: dict[str, str], may_hold: bool
+) -> None:
+    h = Harness()
+    out = h.respond({"11": "777777", "41": "TERM0001", **fields}, mti=mti)
+    [unmatched] = notices(out, "unmatched_response")
+    assert unmatched.data["may_hold"] is may_hold
 
 
 def _failed_long_ago() -> tuple[Harness, CoreSettings]:

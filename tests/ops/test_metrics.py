@@ -308,7 +308,8 @@ def test_sink_counts_every_notice_kind() -> None:
         ("reversal_cancelled", {"reason": "timeout"}),
         ("reversal_requeued", {"reason": "in_doubt"}),
         ("late_response", {"mti": "0210"}),
-        ("unmatched_response", {"reason": "no_request"}),
+        ("unmatched_response", {"reason": "no_request", "may_hold": False}),
+        ("unmatched_response", {"reason": "no_request", "may_hold": True}),
         ("undeliverable_response", {"outcome": "write_failed"}),
         ("acquirer_link_up", {"link_id": 1}),  # read from the links, not counted here
         ("a_kind_from_the_future", {"mti": "0200"}),
@@ -338,7 +339,8 @@ def test_sink_counts_every_notice_kind() -> None:
     assert reversals("in_doubt", "requeued") == 1
     assert value(samples, "iso_gateway_reversal_attempts_total", reason="undeliverable") == 2
     assert value(samples, "iso_gateway_late_responses_total") == 1
-    assert value(samples, "iso_gateway_unmatched_responses_total", reason="no_request") == 1
+    assert value(samples, "iso_gateway_unmatched_responses_total", reason="no_request") == 2
+    assert value(samples, "iso_gateway_unmatched_approvals_total") == 1
     assert value(samples, "iso_gateway_undeliverable_responses_total", outcome="write_failed") == 1
     assert value(samples, "iso_gateway_gateway_added_latency_seconds_count") == 2
     assert value(samples, "iso_gateway_acquirer_round_trip_seconds_count") == 1

@@ -29,6 +29,7 @@ Choices where the rules leave room:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import TypedDict
 
 from gateway.core import notices
 from gateway.core.clock import transmission_time
@@ -55,6 +56,7 @@ from gateway.core.events import (
 )
 from gateway.core.keys import (
     DuplicateKey,
+    FieldValues,
     RepeatKey,
     duplicate_key,
     repeat_key,
@@ -104,6 +106,13 @@ from gateway.wire.dialect import Dialect
 APPROVED_BY_GATEWAY = "00"  # DE 39 of a 0410 the gateway answers itself
 _MERGEABLE = (ReversalState.OWED, ReversalState.SENT, ReversalState.FAILED)
 _CLOSED_REVERSAL = (ReversalState.ACKNOWLEDGED, ReversalState.CANCELLED)
+
+
+class _MatchedBy(TypedDict):
+    index_key: IndexKey
+    match_values: FieldValues
+
+
 _NO_REPLACE: Mapping[str, str] = {}
 
 _Matchable = Pending | Reversal
@@ -292,36 +301,29 @@ class GatewayCore:
             if saved.state not in _MERGEABLE:
                 continue
             owner = auths.get(saved.txn_id)
-            rev = self._track_reversal(
-                reversal_id=saved.reversal_id,
+            fields = dict(saved.fields)
+            rev = Reversal.from_record(
+                saved,
                 auth=owner,
-                txn_id=saved.txn_id,
-                created_at=saved.created_at,
-                reason=saved.reason,
-                mti=saved.mti,
-                stan=saved.stan,
-                fields=dict(saved.fields),
-                tpdu=saved.tpdu,
-                header=saved.header,
+                fields=fields,
                 # one past its expiry at restart still gets one more attempt
                 expires_at=max(_expiry_of(saved, self.settings.reversal_expiry), now),
+                **self._matched_by(saved.mti, saved.stan, fields),
             )
+            self._index.setdefault(rev.index_key, []).append(rev)
             self._stans.hold(saved.stan)
             rev.last_chance = rev.expires_at <= now
-            rev.updated_at = saved.updated_at
-            rev.attempts = saved.attempts
             # Sent before the crash, or requeued after attempts (updated since created).
             rev.sent_before = saved.attempts > 0 or saved.updated_at > saved.created_at
             rev.unanswered = int(rev.sent_before)  # its answer died with the process, or is late
-            rev.last_response_code = saved.last_response_code
             self._next_reversal_id = max(self._next_reversal_id, rev.reversal_id + 1)
             if owner is not None:
                 owner.reversal = rev
             if saved.state is ReversalState.FAILED:
-                rev.state = ReversalState.FAILED
                 self._failed[rev.reversal_id] = rev
             else:
                 # A SENT one lost its answer with the old connection: it goes again.
+                rev.state = ReversalState.OWED
                 rev.next_attempt_at = saved.next_attempt_at
                 self._reversals[rev.reversal_id] = rev
                 self._park(rev)
@@ -381,24 +383,13 @@ class GatewayCore:
 
     def _remembered_reversal(self, saved: ReversalRecord) -> Reversal:
         """An acknowledged reversal, for its original's history: never sent or matched again."""
-        return Reversal(
-            reversal_id=saved.reversal_id,
-            txn_id=saved.txn_id,
+        return Reversal.from_record(
+            saved,
             auth=None,
-            created_at=saved.created_at,
-            updated_at=saved.updated_at,
-            state=saved.state,
-            reason=saved.reason,
-            mti=saved.mti,
-            stan=saved.stan,
             fields=NO_FIELDS,
-            tpdu=saved.tpdu,
-            header=saved.header,
             expires_at=saved.updated_at,
             index_key=(response_mti(saved.mti), None),  # never indexed: nothing to match
             match_values=(),
-            attempts=saved.attempts,
-            last_response_code=saved.last_response_code,
         )
 
     # terminal requests ---------------------------------------------------------------------------
@@ -1183,7 +1174,6 @@ class GatewayCore:
         header: bytes,
         expires_at: float,
     ) -> Reversal:
-        acquirer_fields = {**fields, "11": stan}
         rev = Reversal(
             reversal_id=reversal_id,
             txn_id=txn_id,
@@ -1198,11 +1188,19 @@ class GatewayCore:
             tpdu=tpdu,
             header=header,
             expires_at=expires_at,
-            index_key=(response_mti(mti), acquirer_fields.get(self._index_field)),
-            match_values=values_of(acquirer_fields, self._match_fields),
+            **self._matched_by(mti, stan, fields),
         )
         self._index.setdefault(rev.index_key, []).append(rev)
         return rev
+
+    def _matched_by(self, mti: str, stan: str, fields: Mapping[str, str]) -> _MatchedBy:
+        """What finds a reversal's answer: its response MTI and the acquirer-side values of
+        the dialect's match fields (DE 11 is its own STAN)."""
+        acquirer_fields = {**fields, "11": stan}
+        return {
+            "index_key": (response_mti(mti), acquirer_fields.get(self._index_field)),
+            "match_values": values_of(acquirer_fields, self._match_fields),
+        }
 
     def _send_attempt(self, rev: Reversal, now: float, out: list[Command]) -> None:
         link_id = self._next_link()

@@ -238,3 +238,35 @@ class Reversal:
             self.header,
             self.expires_at,
         )
+
+    @classmethod
+    def from_record(
+        cls,
+        saved: ReversalRecord,
+        *,
+        auth: Authorization | None,
+        fields: Mapping[str, str],
+        expires_at: float,
+        index_key: IndexKey,
+        match_values: FieldValues,
+    ) -> Reversal:
+        """A journaled reversal read back; what it is matched by is the caller's to say."""
+        return cls(
+            reversal_id=saved.reversal_id,
+            txn_id=saved.txn_id,
+            auth=auth,
+            created_at=saved.created_at,
+            updated_at=saved.updated_at,
+            state=saved.state,
+            reason=saved.reason,
+            mti=saved.mti,
+            stan=saved.stan,
+            fields=fields,
+            tpdu=saved.tpdu,
+            header=saved.header,
+            expires_at=expires_at,
+            index_key=index_key,
+            match_values=match_values,
+            attempts=saved.attempts,
+            last_response_code=saved.last_response_code,
+        )

@@ -69,6 +69,7 @@ from gateway.core.mti import (
     base_mti,
     classify,
     is_valid_mti,
+    request_mti,
     response_mti,
 )
 from gateway.core.records import (
@@ -582,9 +583,7 @@ class GatewayCore:
         inquiry by DE 3, where the acquirer echoes it)."""
         if event.fields.get("39") not in self.settings.approval_codes:
             return False
-        mti = event.mti
-        request = mti[:2] + str(int(mti[2]) - 1) + "0"
-        return self.dialect.is_reversible(request, event.fields.get("3"))
+        return self.dialect.is_reversible(request_mti(event.mti), event.fields.get("3"))
 
     def _match(self, mti: str, fields: Mapping[str, str]) -> _Matchable | None:
         candidates = self._index.get((mti, fields.get(self._index_field)))

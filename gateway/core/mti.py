@@ -41,6 +41,14 @@ def response_mti(mti: str) -> str:
     return mti[:2] + str(function + 1) + str(int(mti[3]) & ~1)
 
 
+def request_mti(mti: str) -> str:
+    """The MTI a response answers: function digit - 1 (0110 -> 0100, 0430 -> 0420)."""
+    function = int(mti[2])
+    if not function % 2:
+        raise ValueError(f"MTI {mti} is a request, it answers nothing")
+    return mti[:2] + str(function - 1) + mti[3]
+
+
 def repeat_mti(mti: str) -> str:
     """The MTI of a repeat of this message: 0400 -> 0401, 0420 -> 0421."""
     return mti[:3] + str(int(mti[3]) | 1)

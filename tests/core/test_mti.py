@@ -10,6 +10,7 @@ from gateway.core.mti import (
     is_reversal,
     is_valid_mti,
     repeat_mti,
+    request_mti,
     response_mti,
 )
 
@@ -59,3 +60,16 @@ def test_classes() -> None:
     assert is_valid_mti("0200")
     assert not is_valid_mti("02x0") and not is_valid_mti("200")
     assert not is_valid_mti("\uff10\uff12\uff10\uff10")  # full-width digits
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"), [("0110", "0100"), ("0210", "0200"), ("0430", "0420")]
+)
+def test_request_mti_is_what_a_response_answers(response: str, expected: str) -> None:
+    assert request_mti(response) == expected
+    assert response_mti(request_mti(response)) == response
+
+
+def test_a_request_has_no_request_mti() -> None:
+    with pytest.raises(ValueError):
+        request_mti("0200")

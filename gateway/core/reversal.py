@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 
 from gateway.wire.dialect import Dialect, ReversalRules
+from gateway.wire.masking import DEFAULT_SENSITIVE_FIELDS
 
-# Never kept for a reversal nor journaled, on top of the dialect's own sensitive fields:
-# track 2, track 3, track 1, PIN block, ICC data (DE 55 named tags are not supported).
-NEVER_COPIED = frozenset({"35", "36", "45", "52", "55"})
+# Never kept for a reversal nor journaled, on top of the dialect's own sensitive fields: the
+# fields never shown (track 2, track 3, track 1, PIN block, ICC data; DE 55 named tags are not
+# supported), one set for masking, reversals and the journal.
+NEVER_COPIED = DEFAULT_SENSITIVE_FIELDS
 
 # Kept from the original besides the dialect's copy_fields: its STAN and transmission time
 # and the institution ids, all needed for DE 90.

@@ -27,6 +27,7 @@ from gateway.core.records import (
     ReversalRecord,
     ReversalState,
 )
+from gateway.wire.masking import DEFAULT_SENSITIVE_FIELDS
 
 Record = AuthorizationRecord | ReversalRecord
 
@@ -43,7 +44,7 @@ DONE_REVERSAL_STATES = frozenset(ReversalState) - OPEN_REVERSAL_STATES
 
 # Track data (35, 36, 45), PIN block (52) and ICC data (55) never reach the disk. The core
 # never puts them in a record; the journal checks again so that a core bug cannot write them.
-SENSITIVE_FIELDS = frozenset({"35", "36", "45", "52", "55"})
+SENSITIVE_FIELDS = DEFAULT_SENSITIVE_FIELDS
 
 CommitListener = Callable[[int], None]
 """Called on the event loop thread with the highest durable sequence number, in order."""

@@ -115,6 +115,7 @@ class _MatchedBy(TypedDict):
 
 
 _NO_REPLACE: Mapping[str, str] = {}
+_NO_LINK = -1  # a request read back after a restart went out on a link of the old process
 
 _Matchable = Pending | Reversal
 _Timed = Pending | Reversal | Authorization
@@ -328,7 +329,53 @@ class GatewayCore:
                 rev.next_attempt_at = saved.next_attempt_at
                 self._reversals[rev.reversal_id] = rev
                 self._park(rev)
+        for auth in auths.values():
+            self._remember_request(auth, now)
         self._in_doubt = list(auths.values())
+
+    def _remember_request(self, auth: Authorization, now: float) -> None:
+        """The request of an open authorization, read back from the journal, lingers as a
+        timed-out one does: a resend or repeat of it is declined, never forwarded a second
+        time, and its late answer is matched (hosts that answer by station send it on the new
+        connection): an approval keeps its reversal going, or reopens it if the reversal was
+        answered "original not found" meanwhile; a decline may cancel it."""
+        info = classify(auth.mti)
+        acquirer_fields = auth.reversal_fields  # DE 11 as the acquirer saw it
+        fields = dict(acquirer_fields)  # as the terminal sent them
+        restore = _NO_REPLACE
+        if auth.stan is not None:
+            fields["11"] = auth.stan
+            if self._rewrite:
+                restore = {"11": auth.stan}
+        owns_stan = bool(restore) and auth.acquirer_stan is not None
+        if owns_stan:
+            assert auth.acquirer_stan is not None
+            self._stans.hold(auth.acquirer_stan)
+        pending = Pending(
+            mti=auth.mti,
+            fields=EchoFields(self._echo_fields, fields),
+            conns=[],
+            link_id=_NO_LINK,
+            index_key=(info.response_mti, acquirer_fields.get(self._index_field)),
+            match_values=values_of(acquirer_fields, self._match_fields),
+            dup_key=duplicate_key(info.base, fields, self._duplicate_fields),
+            repeat_key=repeat_key(info.base, fields),
+            terminal_stan=auth.stan,
+            acquirer_stan=auth.acquirer_stan,
+            owns_stan=owns_stan,
+            restore=restore,
+            tpdu=auth.tpdu,
+            header=auth.header,
+            auth=auth,
+            phase=Phase.TIMED_OUT,
+            forget_at=now + self.settings.duplicate_window,
+        )
+        auth.pending = pending
+        self._index.setdefault(pending.index_key, []).append(pending)
+        self._by_duplicate[pending.dup_key] = pending
+        self._by_repeat[pending.repeat_key] = pending
+        self._lingering += 1
+        self._timers.arm(pending, pending.forget_at)
 
     def _restore_reversed(
         self, reversed_recently: Iterable[tuple[AuthorizationRecord, ReversalRecord]], now: float

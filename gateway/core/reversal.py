@@ -45,9 +45,19 @@ def pan_from_track2(track2: str) -> str | None:
 
 def source_field_names(dialect: Dialect) -> tuple[str, ...]:
     """The fields an authorization keeps for its reversal: the dialect's copy fields and
-    DE 7/11/32/33 of the original (for DE 90), never anything sensitive."""
+    DE 7/11/32/33 of the original (for DE 90), never anything sensitive. Also the fields that
+    match its answer, its duplicates and their decline: after a restart the request is
+    rebuilt from them, so that its late answer and its resends are still recognised."""
     never = NEVER_COPIED | dialect.sensitive_fields
-    names = dict.fromkeys((*dialect.reversal.copy_fields, *ORIGINAL_DATA_FIELDS))
+    names = dict.fromkeys(
+        (
+            *dialect.reversal.copy_fields,
+            *ORIGINAL_DATA_FIELDS,
+            *dialect.match_fields,
+            *dialect.duplicate_fields,
+            *dialect.response_echo_fields,
+        )
+    )
     return tuple(name for name in names if name not in never)
 
 

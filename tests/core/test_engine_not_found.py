@@ -4,7 +4,7 @@ queue, another attempt of the same reversal may have released it, or it was decl
 from __future__ import annotations
 
 from gateway.core.commands import Command, SendToAcquirer
-from gateway.core.records import CARD_DATA_FIELDS, AuthState
+from gateway.core.records import CARD_DATA_FIELDS, AuthState, ReversalState
 from gateway.wire.dialect import ReversalRules
 
 from .helpers import (
@@ -109,11 +109,9 @@ def test_a_late_decline_after_the_25_ends_the_chance_of_a_reopen() -> None:
 
 
 def test_after_a_restart_another_attempts_00_settles_a_25_answered_reversal() -> None:
-    """After a restart the gateway knows no request of the old process, so a "25" cannot be
-    reopened by an approval; but attempts of the reversal share a STAN, and the 25 may answer
-    an earlier one. The reversal listens for another reversal_timeout: the later attempt's
-    00 settles it, and the terminal's own reversal is answered by the gateway instead of
-    going upstream as a second reversal of one original."""
+    """Attempts of the in-doubt reversal share a STAN, and the 25 may answer an earlier one:
+    the later attempt's 00 settles it, and the terminal's own reversal is answered by the
+    gateway instead of going upstream as a second reversal of one original."""
     h = Harness()
     original = sale()
     h.request(original)
@@ -133,18 +131,55 @@ def test_after_a_restart_another_attempts_00_settles_a_25_answered_reversal() ->
     assert fresh.core.stats()["stans_in_use"] <= held
 
 
-def test_a_25_answered_reversal_stops_listening_after_the_reversal_timeout() -> None:
-    """Nothing more came: the 25 is final, its STAN free again."""
+def test_after_a_restart_a_25_is_final_a_window_later() -> None:
+    """The restored request lingers: the 25 keeps the reversal's STAN (another attempt's
+    answer, or the original's approval, may come) for duplicates.window, then lets it go."""
     h = Harness()
     h.request(sale())
     fresh, _ = restart(h)
     [first] = sent_reversals(fresh.advance(1.0))
     before = fresh.core.stats()["stans_in_use"]
     fresh.respond(reversal_answer(first, "25"), mti="0410")
+    fresh.run_until(fresh.now + 59.0)
+    assert fresh.core.stats()["stans_in_use"] == before
+    fresh.run_until(fresh.now + 2.0)
+    assert fresh.core.stats()["stans_in_use"] == before - 1
+    late = fresh.respond(reversal_answer(first, "00"), mti="0410")
+    assert notices(late, "unmatched_response")
+
+
+def test_a_25_answered_reversal_without_its_request_stops_listening_after_the_timeout() -> None:
+    """A reversal tied again after a restart to its closed original (no request of it is
+    known): the 25 settles it once reversal.timeout passes with nothing more."""
+    h = Harness()
+    original = sale()
+    h.request(original)
+    [sent] = sent_reversals(h.advance(15))
+    h.respond(reversal_answer(sent), mti="0410")
+    [closed] = [a for a in auth_records(h.log) if a.state is AuthState.REVERSED]
+    [still_sent] = [r for r in reversal_records(h.log) if r.state is ReversalState.SENT]
+    fresh = Harness(
+        now=h.now + 5,
+        open_reversals=[still_sent],
+        reversed_recently=[(closed, still_sent)],
+        next_txn_id=10,
+        next_reversal_id=10,
+    )
+    fresh.log.extend(fresh.core.recover(fresh.now))
+    [again] = sent_reversals(fresh.advance(1.0))
+    # The first 25 may be the late answer of the attempt sent before the crash: the one on
+    # the wire is waited for, and its repeat's 25 settles it.
+    fresh.respond(reversal_answer(again, "25"), mti="0410")
+    while not (repeats := sent_reversals(fresh.run_until(fresh.core.next_deadline() or 0))):
+        pass
+    [again] = repeats
+    assert again.mti == "0401"
+    before = fresh.core.stats()["stans_in_use"]
+    fresh.respond(reversal_answer(again, "25"), mti="0410")
     assert fresh.core.stats()["stans_in_use"] == before
     fresh.run_until(fresh.now + 11.0)
     assert fresh.core.stats()["stans_in_use"] == before - 1
-    late = fresh.respond(reversal_answer(first, "00"), mti="0410")
+    late = fresh.respond(reversal_answer(again, "00"), mti="0410")
     assert notices(late, "unmatched_response")
 
 

@@ -31,6 +31,7 @@ from .helpers import (
     notices,
     records,
     replies,
+    reversal_answer,
     reversal_records,
     reversed_by_the_gateway,
     sale,
@@ -191,11 +192,14 @@ def test_a_journaled_delivered_approval_is_not_in_doubt() -> None:
     assert not out and not sent_reversals(fresh.run_until(fresh.now + 100))
 
 
-def test_late_responses_after_restart_are_unmatched() -> None:
+def test_an_answer_after_the_restored_request_is_forgotten_is_unmatched() -> None:
     h = Harness()
     request = sale()
     h.request(request)
     fresh, _ = restart(h)
+    [sent] = sent_reversals(fresh.run_until(fresh.now + 1))
+    fresh.respond(reversal_answer(sent), mti="0410")
+    fresh.run_until(fresh.now + CoreSettings().duplicate_window + 1)
     out = fresh.respond(answer(request))
     assert not to_terminal(out)
     [unmatched] = notices(out, "unmatched_response")

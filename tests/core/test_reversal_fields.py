@@ -68,8 +68,15 @@ def test_pan_comes_from_track2_when_only_track2_came() -> None:
 def test_dialect_cannot_make_track_data_copied() -> None:
     rules = ReversalRules(copy_fields=("2", "4", "35", "52", "55"))
     fields = {**sale(), "35": TRACK2}
-    kept = reversal_source_fields(fields, make_dialect(reversal=rules), None)
-    assert set(kept) == {"2", "4", "7", "11", "32"}
+    # nor can its match, duplicate or echo fields, which are kept too
+    dialect = make_dialect(
+        reversal=rules,
+        match_fields=("41", "11", "35"),
+        duplicate_fields=("41", "11", "52"),
+        response_echo_fields=("11", "55"),
+    )
+    kept = reversal_source_fields(fields, dialect, None)
+    assert set(kept) == {"2", "4", "7", "11", "32", "41"}
     message = reversal_message_fields(
         "0200", {**kept, "35": TRACK2}, rules, stan="1", reason_code="68", approval_code=None
     )

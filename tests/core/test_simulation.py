@@ -46,6 +46,7 @@ def test_the_invariant_holds_for_every_seed() -> None:
         # The faults must have produced the situations the invariant is about.
         assert totals["released"] > 0 and totals["delivered_lost"] > 0 and totals["crashes"] > 0
         assert totals["overtaken"] > 0  # reversals answered "25" before their approval
+        assert totals["answered_after_restart"] > 0  # a crashed process's answers, by station
 
 
 HEAVY_FAULTS = Faults(

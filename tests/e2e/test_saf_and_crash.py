@@ -61,6 +61,37 @@ async def test_failed_reversal_then_saf_retry(make_stack: StackFactory) -> None:
     assert "no reversals owed" in after.output
 
 
+async def test_after_a_restart_a_resend_of_an_in_doubt_request_is_declined_not_sent(
+    make_stack: StackFactory,
+) -> None:
+    """The restarted gateway remembers the request of an authorization it is still reversing:
+    the terminal's resend of it gets the decline and never reaches the acquirer twice."""
+    rules = [
+        Rule(mti=frozenset({"0200"}), fault="drop"),
+        Rule(mti=frozenset({"0400", "0401"}), fault="drop"),  # the reversal stays owed
+    ]
+    stack = await make_stack(rules=rules)
+    await stack.links_up()
+    terminal = await stack.terminal()
+    request = auth(61)
+    first = await terminal.send("0200", request)
+    assert first is not None and first.get("39") == "91"
+    await stack.settle(lambda: stack.requests_seen("0400") >= 1, 5, "the reversal sent")
+    await stack.restart_gateway()
+    await stack.links_up()
+    again = await stack.terminal()
+    resent = await again.send("0200", request)
+    assert resent is not None and resent.mti == "0210" and resent.get("39") == "91"
+    assert resent.get("11") == request["11"]
+    assert stack.requests_seen("0200") == 1
+    assert ("duplicate_request", "declined") in [
+        (kind, data.get("outcome")) for kind, data in events(stack).events
+    ]
+    stack.simulator.rules = RuleSet([Rule(mti=frozenset({"0200"}), fault="drop")])
+    await stack.acknowledged(timeout=8)
+    assert all(hold.duplicate_reversals == 0 for hold in stack.holds())
+
+
 def test_saf_retry_needs_ids_or_all_failed(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["saf", "retry", "--journal", str(tmp_path / "j.sqlite3")])
     assert result.exit_code == 2 and "--all-failed" in result.output

@@ -103,6 +103,7 @@ from gateway.core.tracking import (
     Waiter,
 )
 from gateway.wire.dialect import Dialect
+from gateway.wire.masking import PAN_FIELDS
 
 APPROVED_BY_GATEWAY = "00"  # DE 39 of a 0410 the gateway answers itself
 _MERGEABLE = (ReversalState.OWED, ReversalState.SENT, ReversalState.FAILED)
@@ -160,6 +161,7 @@ class GatewayCore:
             for f in ("7", *self._identity_fields)
             if f not in dialect.sensitive_fields and f not in CARD_DATA_FIELDS
         )
+        self._kept_when_closed_set = frozenset(self._kept_when_closed)
         # Responses are found by (MTI, this field) in one lookup, then compared on the rest.
         self._index_field = "11" if "11" in dialect.match_fields else dialect.match_fields[0]
         self._rewrite = settings.stan_mode == "rewrite"
@@ -339,8 +341,12 @@ class GatewayCore:
         time, and its late answer is matched (hosts that answer by station send it on the new
         connection): an approval keeps its reversal going, or reopens it if the reversal was
         answered "original not found" meanwhile; a decline may cancel it."""
-        info = classify(auth.mti)
         acquirer_fields = auth.reversal_fields  # DE 11 as the acquirer saw it
+        if acquirer_fields.keys() <= self._kept_when_closed_set:
+            # Closed, then reopened by its terminal's reversal: only DE 7 and the identity
+            # fields were journaled, too little to know its answer or its resends by.
+            return
+        info = classify(auth.mti)
         fields = dict(acquirer_fields)  # as the terminal sent them
         restore = _NO_REPLACE
         if auth.stan is not None:
@@ -353,7 +359,11 @@ class GatewayCore:
             self._stans.hold(auth.acquirer_stan)
         pending = Pending(
             mti=auth.mti,
-            fields=EchoFields(self._echo_fields, fields),
+            # The decline of a resend echoes no PAN: the journaled one may have come from
+            # track 2, and a decline must not carry a PAN the terminal's message did not.
+            fields=EchoFields(
+                self._echo_fields, {k: fields[k] for k in fields.keys() - PAN_FIELDS}
+            ),
             conns=[],
             link_id=_NO_LINK,
             index_key=(info.response_mti, acquirer_fields.get(self._index_field)),
@@ -369,6 +379,7 @@ class GatewayCore:
             auth=auth,
             phase=Phase.TIMED_OUT,
             forget_at=now + self.settings.duplicate_window,
+            restored=True,
         )
         auth.pending = pending
         self._index.setdefault(pending.index_key, []).append(pending)
@@ -982,13 +993,18 @@ class GatewayCore:
 
     def _may_hold_unknown(self, auth: Authorization) -> bool:
         """Its reversal was answered "original not found" (it released nothing) and its
-        request is forgotten, so an approval that came since went unmatched and may hold
-        funds: the terminal's reversal is not answered by the gateway but goes upstream, as
-        the reversal of this original (repeated until acknowledged). No late answer can come
-        for it any more, so nothing else can reverse it again."""
+        request is forgotten (or was read back after a restart), so an approval that came
+        since went unmatched (or went to the connection that died with the old process) and
+        may hold funds: the terminal's reversal is not answered by the gateway but goes
+        upstream, as the reversal of this original (repeated until acknowledged). No late
+        answer can come for it any more, so nothing else can reverse it again."""
         rev = auth.reversal
+        pending = auth.pending
         return (
-            auth.pending is None
+            # A request read back after a restart: its late answer can come only from a host
+            # that answers by station; one that answers on the connection it was asked on has
+            # nowhere to send it any more.
+            (pending is None or pending.restored)
             and rev is not None
             and rev.state is ReversalState.ACKNOWLEDGED
             and rev.last_response_code in self._rules.not_found_codes

@@ -15,6 +15,7 @@ from gateway.core.reversal import source_field_names
 
 from .helpers import (
     PAN,
+    TRACK2,
     Harness,
     answer,
     auth_records,
@@ -31,6 +32,7 @@ from .helpers import (
 )
 from .test_engine_not_found import assert_no_second_reversal
 from .test_engine_recovery import restart
+from .test_engine_terminal_reversal import terminal_reversal
 
 
 def test_a_late_approval_after_a_restart_is_matched_and_its_code_goes_into_the_reversal() -> None:
@@ -150,3 +152,50 @@ def test_a_request_keeps_what_matches_it_after_a_restart_and_never_card_secrets(
     assert notices(out, "unmatched_response")
     out = fresh.respond(answer(request, de62="ROUTE1"))
     assert notices(out, "late_response")
+
+
+def test_after_a_restart_and_a_25_the_terminals_own_reversal_still_goes_upstream() -> None:
+    """A host that answers on the connection it was asked on has nowhere to send the
+    original's approval after a restart: if the in-doubt reversal overtook the original
+    ("25"), the terminal's own reversal is the only one left to release a hold that came
+    after it. It goes upstream (a second reversal answered "already reversed" is better than a
+    hold left behind)."""
+    h = Harness()
+    request = sale()
+    h.request(request)
+    fresh, _ = restart(h)
+    [sent] = sent_reversals(fresh.run_until(fresh.now + 1))
+    fresh.respond(reversal_answer(sent, "25"), mti="0410")
+    out = fresh.request(terminal_reversal(request), conn=5, mti="0400")
+    assert forwards(out) and not replies(out)
+    [notice] = notices(out, "terminal_reversal")
+    assert notice.data["outcome"] == "forwarded"
+
+
+def test_the_decline_of_a_resend_after_a_restart_carries_no_pan_the_terminal_never_sent() -> None:
+    """A track-2-only sale under a dialect that echoes DE 2 (cup-pos, visa-base1): the journal
+    keeps DE 2 taken from track 2 for the reversal, but the decline of a resend after a
+    restart must not carry it (found by review: it did)."""
+    echoes_pan = make_dialect(response_echo_fields=("2", "3", "4", "11", "41", "42", "49"))
+    request = sale(de2=None, de35=TRACK2)
+    h = Harness(dialect=echoes_pan)
+    h.request(request)
+    fresh, _ = restart(h, dialect=echoes_pan)
+    out = fresh.request(request, conn=7)
+    assert not forwards(out)
+    [decline] = replies(out)
+    assert "2" not in decline.fields and decline.fields["11"] == request["11"]
+
+
+def test_a_reopened_original_journaled_with_its_identity_only_is_not_rebuilt() -> None:
+    """A delivered approval its terminal then reversed: open again, but journaled with DE 7
+    and the identity fields only, too little for a request that could match anything (found
+    by review: it lingered, matching nothing). Its reversal is still tied after a restart."""
+    h = Harness()
+    request = sale()
+    h.approve(request)
+    h.request(terminal_reversal(request), conn=1, mti="0400")
+    fresh, _ = restart(h)
+    assert fresh.core.stats()["lingering"] == 0
+    out = fresh.request(terminal_reversal(request), conn=5, mti="0401")
+    assert notices(out, "terminal_reversal")[0].data["outcome"] == "merged"

@@ -37,6 +37,7 @@ from gateway.core.commands import (
 from gateway.core.engine import GatewayCore
 from gateway.core.events import (
     CORE_FIELDS,
+    RESPONSE_FIELDS,
     AcquirerResponse,
     DeliveryResult,
     Draining,
@@ -106,10 +107,10 @@ class GatewayService:
         self.sink = sink
         self.counters = ServiceCounters()
         fields = set(CORE_FIELDS) | set(dialect.match_fields) | set(dialect.duplicate_fields)
-        fields |= set(dialect.reversal.copy_fields)
+        fields |= set(dialect.reversal.copy_fields) | set(dialect.response_echo_fields)
         self._request_fields = tuple(sorted(fields - dialect.sensitive_fields | {"35"}, key=int))
         self._response_fields = tuple(
-            sorted(set(dialect.match_fields) | {"11", "38", "39", "41"}, key=int)
+            sorted(set(dialect.match_fields) | set(RESPONSE_FIELDS), key=int)
         )
         self.core: GatewayCore | None = None
         gateway = config.gateway

@@ -31,9 +31,18 @@ class TerminalRequest:
     frame: Frame
 
 
+# What the core reads of an acquirer's response, besides the dialect's match fields: DE 3
+# (an approval of a balance inquiry holds nothing), DE 7/12/13/37 as echoed (they tell apart
+# two requests with one key: a STAN reused while the first one's answer was late), DE 11,
+# DE 38 (the approval code, for the reversal), DE 39 and DE 41. The shell must extract them
+# all: a field missing here silently turns a check off.
+RESPONSE_FIELDS = ("3", "7", "11", "12", "13", "37", "38", "39", "41")
+
+
 @snapshot
 class AcquirerResponse:
-    """A response (or any message the link did not consume itself) came from the acquirer."""
+    """A response (or any message the link did not consume itself) came from the acquirer;
+    ``fields``: at least RESPONSE_FIELDS and the dialect's match fields, where present."""
 
     link_id: int
     mti: str

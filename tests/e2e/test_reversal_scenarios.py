@@ -118,6 +118,33 @@ async def test_stan_reuse_with_another_amount_is_not_a_duplicate(make_stack: Sta
     assert stack.requests_seen("0200") == 2
 
 
+async def test_a_late_answer_is_not_taken_for_the_next_sale_reusing_its_stan(
+    make_stack: StackFactory,
+) -> None:
+    """Sale A times out; the terminal's next sale B reuses A's STAN (another amount and time)
+    and is in flight when A's late decline arrives. Both answers carry the same key (DE 41 +
+    DE 11): only the echoed DE 7/12/13/37 tell them apart, so the gateway must read them from
+    every response. B's terminal gets B's approval, never A's decline."""
+    rules = [
+        Rule(mti=frozenset({"0200"}), amount_min=1000, amount_max=1000, response_code="51",
+             fault="late", seconds=1.3),
+        Rule(mti=frozenset({"0200"}), amount_min=2500, amount_max=2500, fault="delay",
+             seconds=0.5),
+    ]  # fmt: skip
+    stack = await make_stack(rules=rules, **{"acquirer.timeout": 1.0})
+    await stack.links_up()
+    terminal = await stack.terminal()
+    sale_a = auth(9, amount=1000)
+    first = await terminal.send("0200", sale_a)
+    assert first is not None and first.get("39") == "91"
+    sale_b = auth(9, amount=2500)
+    assert sale_b["7"] != sale_a["7"]  # a second later
+    second = await terminal.send("0200", sale_b)
+    assert second is not None
+    assert (second.get("39"), second.get("4")) == ("00", "000000002500")
+    assert "late_response" in events(stack).kinds()
+
+
 async def test_acquirer_down_at_start_declines_without_reversal(make_stack: StackFactory) -> None:
     stack = await make_stack(simulator_paused=True)
     terminal = await stack.terminal()

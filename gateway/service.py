@@ -59,6 +59,7 @@ from gateway.ops.sink import EventSink
 from gateway.wire.codec import Codec, CodecError, FieldView
 from gateway.wire.dialect import Dialect
 from gateway.wire.framing import Frame, FramingError, swap_tpdu
+from gateway.wire.masking import DEFAULT_SENSITIVE_FIELDS
 
 log = structlog.get_logger("gateway.service")
 # Journal meta: the last STAN of the allocator's reserved block (see gateway/core/stan.py).
@@ -108,7 +109,9 @@ class GatewayService:
         self.counters = ServiceCounters()
         fields = set(CORE_FIELDS) | set(dialect.match_fields) | set(dialect.duplicate_fields)
         fields |= set(dialect.reversal.copy_fields) | set(dialect.response_echo_fields)
-        self._request_fields = tuple(sorted(fields - dialect.sensitive_fields | {"35"}, key=int))
+        # DE 35 is read only to take the PAN of a track-only original; the core keeps none of it.
+        self._never_extracted = (dialect.sensitive_fields | DEFAULT_SENSITIVE_FIELDS) - {"35"}
+        self._request_fields = tuple(sorted(fields - self._never_extracted, key=int))
         self._response_fields = tuple(
             sorted(set(dialect.match_fields) | set(RESPONSE_FIELDS), key=int)
         )
@@ -438,13 +441,20 @@ class GatewayService:
             return
         try:
             view = self.codec.scan(frame.message)
-            fields = view.fields(self._request_fields)
+            reversal = classify(view.mti).reversal
+            if reversal:
+                # The gateway repeats a terminal's reversal from its fields: all of them
+                # (DE 95 replacement amounts, private fields, ...), card secrets excepted.
+                names: Iterable[str] = [n for n in view.present if n not in self._never_extracted]
+            else:
+                names = self._request_fields
+            fields = view.fields(names)
         except CodecError as error:
             # The frame boundary is intact, so the connection stays usable: drop the message.
             self._count_format_error("message")
             log.warning("terminal_message_malformed", conn=conn.conn_id, error=str(error))
             return
-        if not classify(view.mti).reversal:  # a terminal's reversal has no such notice
+        if not reversal:  # a terminal's reversal has no such notice
             self._arrival = ((view.mti, fields.get("41"), fields.get("11")), arrived)
         log_context = _LOG_CONN.set(conn.conn_id)
         try:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from typing import Any
 
 from gateway.io.terminals import TerminalConnection
 from gateway.sim.invariant import check
 from gateway.sim.rules import FaultRates, Rule
 from gateway.sim.terminals import TerminalFleet
+from gateway.wire.codec import Message
 from gateway.wire.framing import Frame, encode_frame
 
 from .harness import Stack, StackFactory, auth, events, now_fields
@@ -95,6 +97,39 @@ async def test_terminal_reversal_while_the_gateways_own_is_pending(
     await stack.acknowledged()
     holds = stack.holds()
     assert holds[0].released and holds[0].duplicate_reversals == 0
+
+
+async def test_the_gateways_repeat_of_a_terminals_partial_reversal_keeps_all_its_fields(
+    make_stack: StackFactory,
+) -> None:
+    """A terminal reverses part of a delivered approval: DE 95 (replacement amounts) says
+    what stays. Its 0400 goes upstream as it came; unanswered, the gateway repeats it (0401)
+    from the fields it kept, which must be all of them: a repeat without DE 95 asks the
+    acquirer to reverse the whole amount."""
+    rules = [Rule(mti=frozenset({"0400"}), fault="drop", times=1)]
+    stack = await make_stack(rules=rules, **{"reversal.timeout": 0.3})
+    await stack.links_up()
+    seen: list[Message] = []
+    simulator = stack.simulator
+    on_frame = simulator._on_frame
+
+    def spy(connection: Any, frame: Frame) -> None:  # what reaches the acquirer
+        seen.append(simulator._codec.decode(frame.message))
+        on_frame(connection, frame)
+
+    simulator._on_frame = spy  # type: ignore[method-assign]
+    terminal = await stack.terminal()
+    original = auth(26, amount=5000)
+    assert (await terminal.send("0200", original)).get("39") == "00"  # type: ignore[union-attr]
+    partial = terminal_reversal(original, 27)
+    partial["95"] = "000000003000" + "0" * 30  # 30.00 of the 50.00 stays approved
+    partial["60"] = "PRIVATE"
+    answer = await terminal.send("0400", partial, timeout=5.0)
+    assert answer is not None and answer.get("39") == "00"
+    [first, repeat] = [m for m in seen if m.mti in ("0400", "0401")]
+    assert (first.mti, repeat.mti) == ("0400", "0401")
+    for name in ("4", "60", "90", "95"):
+        assert repeat.fields.get(name) == first.fields.get(name), name
 
 
 async def test_reversal_of_an_unknown_original_is_forwarded(make_stack: StackFactory) -> None:

@@ -36,12 +36,11 @@ from gateway.core.commands import (
 )
 from gateway.core.engine import GatewayCore
 from gateway.core.events import (
-    CORE_FIELDS,
-    RESPONSE_FIELDS,
     AcquirerResponse,
     DeliveryResult,
     Draining,
     Event,
+    FieldsRead,
     LinkDown,
     LinkUp,
     ReversalRequeued,
@@ -59,7 +58,6 @@ from gateway.ops.sink import EventSink
 from gateway.wire.codec import Codec, CodecError, FieldView
 from gateway.wire.dialect import Dialect
 from gateway.wire.framing import Frame, FramingError, swap_tpdu
-from gateway.wire.masking import DEFAULT_SENSITIVE_FIELDS
 
 log = structlog.get_logger("gateway.service")
 # Journal meta: the last STAN of the allocator's reserved block (see gateway/core/stan.py).
@@ -107,14 +105,7 @@ class GatewayService:
         self.journal = journal
         self.sink = sink
         self.counters = ServiceCounters()
-        fields = set(CORE_FIELDS) | set(dialect.match_fields) | set(dialect.duplicate_fields)
-        fields |= set(dialect.reversal.copy_fields) | set(dialect.response_echo_fields)
-        # DE 35 is read only to take the PAN of a track-only original; the core keeps none of it.
-        self._never_extracted = (dialect.sensitive_fields | DEFAULT_SENSITIVE_FIELDS) - {"35"}
-        self._request_fields = tuple(sorted(fields - self._never_extracted, key=int))
-        self._response_fields = tuple(
-            sorted(set(dialect.match_fields) | set(RESPONSE_FIELDS), key=int)
-        )
+        self._fields_read = FieldsRead.of(dialect)
         self.core: GatewayCore | None = None
         gateway = config.gateway
         limits = ConnectionLimits(
@@ -443,12 +434,9 @@ class GatewayService:
             view = self.codec.scan(frame.message)
             reversal = classify(view.mti).reversal
             if reversal:
-                # The gateway repeats a terminal's reversal from its fields: all of them
-                # (DE 95 replacement amounts, private fields, ...), card secrets excepted.
-                names: Iterable[str] = [n for n in view.present if n not in self._never_extracted]
+                fields = view.fields(self._fields_read.of_terminal_reversal(view.present))
             else:
-                names = self._request_fields
-            fields = view.fields(names)
+                fields = view.fields(self._fields_read.request)
         except CodecError as error:
             # The frame boundary is intact, so the connection stays usable: drop the message.
             self._count_format_error("message")
@@ -508,7 +496,7 @@ class GatewayService:
                 "acquirer", True, connection.local_address, connection.peer_address, frame
             )
         try:
-            fields = view.fields(self._response_fields)
+            fields = view.fields(self._fields_read.response)
         except CodecError as error:
             self.on_link_format_error(link, error)
             return

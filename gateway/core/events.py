@@ -7,9 +7,12 @@ the codec's fast scanner (see ``CORE_FIELDS``); the message itself travels as th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
+from gateway.wire.dialect import Dialect
 from gateway.wire.framing import Frame
+from gateway.wire.masking import DEFAULT_SENSITIVE_FIELDS
 from gateway.wire.snapshot import snapshot
 
 # Data elements the shell extracts for the core: MTI-independent keys, what a reversal copies,
@@ -21,6 +24,41 @@ CORE_FIELDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
+# What the core reads of an acquirer's response, besides the dialect's match fields: DE 3
+# (an approval of a balance inquiry holds nothing), DE 7/12/13/37 as echoed (they tell apart
+# two requests with one key: a STAN reused while the first one's answer was late), DE 11,
+# DE 38 (the approval code, for the reversal), DE 39 and DE 41. The shell must extract them
+# all: a field missing here silently turns a check off.
+RESPONSE_FIELDS = ("3", "7", "11", "12", "13", "37", "38", "39", "41")
+
+
+@dataclass(frozen=True, slots=True)
+class FieldsRead:
+    """Which data elements the shell hands the core, per dialect (the one place that says
+    it: the service and the seeded simulation both extract by it)."""
+
+    request: tuple[str, ...]  # of a terminal's request (not a reversal)
+    response: tuple[str, ...]  # of an acquirer's message
+    never: frozenset[str]  # card secrets: never extracted (DE 35 is, only to take a PAN)
+
+    @classmethod
+    def of(cls, dialect: Dialect) -> FieldsRead:
+        never = (dialect.sensitive_fields | DEFAULT_SENSITIVE_FIELDS) - {"35"}
+        request = {*CORE_FIELDS, *dialect.match_fields, *dialect.duplicate_fields}
+        request |= {*dialect.reversal.copy_fields, *dialect.response_echo_fields}
+        response = {*RESPONSE_FIELDS, *dialect.match_fields}
+        return cls(
+            request=tuple(sorted(request - never, key=int)),
+            response=tuple(sorted(response, key=int)),
+            never=frozenset(never),
+        )
+
+    def of_terminal_reversal(self, present: Iterable[str]) -> list[str]:
+        """A terminal's reversal: every field it carries but card secrets, since the gateway
+        repeats it from them (DE 95 replacement amounts, private fields, ...)."""
+        return [name for name in present if name not in self.never]
+
+
 @snapshot
 class TerminalRequest:
     """A terminal sent a request (any MTI that is not a response)."""
@@ -29,14 +67,6 @@ class TerminalRequest:
     mti: str
     fields: Mapping[str, str]
     frame: Frame
-
-
-# What the core reads of an acquirer's response, besides the dialect's match fields: DE 3
-# (an approval of a balance inquiry holds nothing), DE 7/12/13/37 as echoed (they tell apart
-# two requests with one key: a STAN reused while the first one's answer was late), DE 11,
-# DE 38 (the approval code, for the reversal), DE 39 and DE 41. The shell must extract them
-# all: a field missing here silently turns a check off.
-RESPONSE_FIELDS = ("3", "7", "11", "12", "13", "37", "38", "39", "41")
 
 
 @snapshot

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,12 +40,14 @@ from gateway.core.events import (
     AcquirerResponse,
     DeliveryResult,
     Event,
+    FieldsRead,
     LinkDown,
     LinkUp,
     ReversalRequeued,
     TerminalClosed,
     TerminalRequest,
 )
+from gateway.core.mti import classify
 from gateway.core.records import (
     OPEN_AUTH_STATES,
     OPEN_REVERSAL_STATES,
@@ -306,6 +308,7 @@ class Simulation:
         self.core_class = core_class
         self.faults = faults or Faults()
         self.dialect = dialect_variant(self.rng)
+        self.fields_read = FieldsRead.of(self.dialect)
         self.stan_mode = "rewrite" if self.rng.random() < 0.35 else "passthrough"
         self.link_strategy = "round_robin" if self.rng.random() < 0.5 else "primary"
         self.settings = dataclasses.replace(
@@ -655,7 +658,9 @@ class Simulation:
                         self.acquirer.stand_in(msg, self.now)
                     return
                 link_id = others[0]
-        self._to_core(AcquirerResponse(link_id, mti, dict(msg.fields), self._frame(msg)))
+        read = self.fields_read.response  # what the service extracts, no more
+        fields = {name: value for name, value in msg.fields.items() if name in read}
+        self._to_core(AcquirerResponse(link_id, mti, fields, self._frame(msg)))
 
     def _cut_link(self, link_id: int) -> None:
         if not self.active or not self.link_up[link_id]:
@@ -756,7 +761,13 @@ class Simulation:
         self._to_core(TerminalClosed(conn_id))
 
     def _send(self, terminal: Terminal, mti: str, fields: dict[str, str], conn_id: int) -> None:
-        self._to_core(TerminalRequest(conn_id, mti, dict(fields), self._frame(Msg(mti, fields))))
+        # What the service extracts, no more: the core must work with what the shell hands it.
+        if classify(mti).reversal:
+            read: Collection[str] = self.fields_read.of_terminal_reversal(fields)
+        else:
+            read = self.fields_read.request
+        extracted = {name: value for name, value in fields.items() if name in read}
+        self._to_core(TerminalRequest(conn_id, mti, extracted, self._frame(Msg(mti, fields))))
 
     def _next_stan(self, terminal: Terminal) -> str:
         terminal.stan = terminal.stan % 999_999 + 1
@@ -874,6 +885,12 @@ class Simulation:
         txn = terminal.txn
         if txn is None or fields.get("11") != txn.fields["11"]:
             return
+        for name in ("4", "7"):  # echoed as sent: another transaction's answer shows here
+            if fields.get(name, txn.fields[name]) != txn.fields[name]:
+                self.violations.append(
+                    f"terminal {terminal.terminal_id} got the answer of another transaction "
+                    f"with its STAN {txn.fields['11']} (DE {name})"
+                )
         txn.answered = code
         terminal.txn = None
         if code == "00" and self.active and self.rng.random() < self.faults.reverse_after_approval:

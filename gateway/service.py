@@ -55,7 +55,7 @@ from gateway.io.terminals import ConnectionLimits, TerminalConnection, TerminalS
 from gateway.journal.base import Journal, JournalError
 from gateway.ops.logging import log_context_var
 from gateway.ops.sink import EventSink
-from gateway.wire.codec import Codec, CodecError, FieldView
+from gateway.wire.codec import Codec, CodecError, FieldView, LazyFields
 from gateway.wire.dialect import Dialect
 from gateway.wire.framing import Frame, FramingError, swap_tpdu
 
@@ -495,8 +495,9 @@ class GatewayService:
             self.tap.frame(
                 "acquirer", True, connection.local_address, connection.peer_address, frame
             )
+        read = self._fields_read
         try:
-            fields = view.fields(self._fields_read.response)
+            fields = LazyFields(view, read.response, read.response_later)
         except CodecError as error:
             self.on_link_format_error(link, error)
             return

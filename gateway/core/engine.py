@@ -648,6 +648,9 @@ class GatewayCore:
         if not candidates:
             return None
         values = values_of(fields, self._match_fields)
+        # With one candidate a contradiction changes nothing (it is taken all the same): the
+        # echoed fields are read only when two requests share the key.
+        telling = len(candidates) > 1
         fallback: _Matchable | None = None
         # A request the answer's echoed times or RRN contradict: the answer is another
         # request's with the same key (a STAN reused while the first one's answer was late).
@@ -658,7 +661,7 @@ class GatewayCore:
         for candidate in candidates:
             if values_agree(candidate.match_values, values):
                 if isinstance(candidate, Pending):
-                    if _contradicts(candidate.fields, fields):
+                    if telling and _contradicts(candidate.fields, fields):
                         if contradicted is None or candidate.phase is Phase.AWAITING:
                             contradicted = candidate
                         continue

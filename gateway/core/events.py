@@ -24,12 +24,15 @@ CORE_FIELDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-# What the core reads of an acquirer's response, besides the dialect's match fields: DE 3
-# (an approval of a balance inquiry holds nothing), DE 7/12/13/37 as echoed (they tell apart
-# two requests with one key: a STAN reused while the first one's answer was late), DE 11,
-# DE 38 (the approval code, for the reversal), DE 39 and DE 41. The shell must extract them
-# all: a field missing here silently turns a check off.
-RESPONSE_FIELDS = ("3", "7", "11", "12", "13", "37", "38", "39", "41")
+# What the core reads of every acquirer response, besides the dialect's match fields: DE 11,
+# DE 38 (the approval code, for the reversal), DE 39 and DE 41.
+RESPONSE_FIELDS = ("11", "38", "39", "41")
+# ... and on rarer paths: DE 7/12/13/37 as echoed (they tell apart two requests with one key: a
+# STAN reused while the first one's answer was late), DE 37 in the notice of a late or
+# unmatched answer, DE 3 (an unmatched approval of a balance inquiry holds nothing). The shell
+# may decode these when they are read; one it cannot decode it hands the core as absent. The
+# shell must hand all of them: a field missing here silently turns a check off.
+RESPONSE_FIELDS_LATER = ("3", "7", "12", "13", "37")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +41,8 @@ class FieldsRead:
     it: the service and the seeded simulation both extract by it)."""
 
     request: tuple[str, ...]  # of a terminal's request (not a reversal)
-    response: tuple[str, ...]  # of an acquirer's message
+    response: tuple[str, ...]  # of an acquirer's message, read for every one
+    response_later: frozenset[str]  # of an acquirer's message, read on rarer paths
     never: frozenset[str]  # card secrets: never extracted (DE 35 is, only to take a PAN)
 
     @classmethod
@@ -50,6 +54,7 @@ class FieldsRead:
         return cls(
             request=tuple(sorted(request - never, key=int)),
             response=tuple(sorted(response, key=int)),
+            response_later=frozenset(RESPONSE_FIELDS_LATER) - response,
             never=frozenset(never),
         )
 
@@ -72,7 +77,8 @@ class TerminalRequest:
 @snapshot
 class AcquirerResponse:
     """A response (or any message the link did not consume itself) came from the acquirer;
-    ``fields``: at least RESPONSE_FIELDS and the dialect's match fields, where present."""
+    ``fields``: RESPONSE_FIELDS, RESPONSE_FIELDS_LATER and the dialect's match fields, where
+    present."""
 
     link_id: int
     mti: str

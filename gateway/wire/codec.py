@@ -19,7 +19,7 @@ the partly decoded message) are never chained.
 from __future__ import annotations
 
 import binascii
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -324,6 +324,55 @@ class FieldView:
 
     def __repr__(self) -> str:
         return f"FieldView(mti={self.mti!r}, present={list(self._spans)!r})"
+
+
+class LazyFields(Mapping[str, str]):
+    """Some fields of a message decoded now (a malformed one raises CodecError here), others
+    only when read: a value that cannot be decoded then reads as absent.
+
+    The gateway reads a few fields of every response (the key, DE 38, DE 39) and others only
+    on rarer paths (the echoed DE 7/12/13/37 when two requests share a key, the RRN of a late
+    answer): decoding those for every response cost as much as the scan itself.
+    """
+
+    __slots__ = ("_later", "_values", "_view")
+
+    def __init__(self, view: FieldView, now: Iterable[str], later: frozenset[str]) -> None:
+        self._view = view
+        self._values = view.fields(now)
+        self._later = later
+
+    def __getitem__(self, name: str) -> str:
+        value = self._values.get(name)
+        if value is None:
+            if name not in self._later or not self._view.has(name):
+                raise KeyError(name)
+            try:
+                value = self._view.get(name) or ""
+            except CodecError:
+                raise KeyError(name) from None  # unreadable reads as absent
+            self._values[name] = value
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([name for name in self._view.present if name in self])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, name: object) -> bool:
+        if name in self._values:
+            return True
+        if not isinstance(name, str) or name not in self._later or not self._view.has(name):
+            return False
+        try:
+            self[name]
+        except KeyError:
+            return False
+        return True
+
+    def __repr__(self) -> str:  # values may include a PAN: names only
+        return f"LazyFields(decoded={sorted(self._values)!r}, later={sorted(self._later)!r})"
 
 
 # --- the codec --------------------------------------------------------------------------------

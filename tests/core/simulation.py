@@ -658,8 +658,12 @@ class Simulation:
                         self.acquirer.stand_in(msg, self.now)
                     return
                 link_id = others[0]
-        read = self.fields_read.response  # what the service extracts, no more
-        fields = {name: value for name, value in msg.fields.items() if name in read}
+        read = self.fields_read  # what the service extracts, no more
+        fields = {
+            name: value
+            for name, value in msg.fields.items()
+            if name in read.response or name in read.response_later
+        }
         self._to_core(AcquirerResponse(link_id, mti, fields, self._frame(msg)))
 
     def _cut_link(self, link_id: int) -> None:

@@ -433,10 +433,8 @@ class GatewayService:
         try:
             view = self.codec.scan(frame.message)
             reversal = classify(view.mti).reversal
-            if reversal:
-                fields = view.fields(self._fields_read.of_terminal_reversal(view.present))
-            else:
-                fields = view.fields(self._fields_read.request)
+            read = self._fields_read
+            fields = view.fields(read.terminal_reversal if reversal else read.request)
         except CodecError as error:
             # The frame boundary is intact, so the connection stays usable: drop the message.
             self._count_format_error("message")

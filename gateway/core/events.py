@@ -7,7 +7,7 @@ the codec's fast scanner (see ``CORE_FIELDS``); the message itself travels as th
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway.wire.dialect import Dialect
@@ -23,6 +23,12 @@ CORE_FIELDS: tuple[str, ...] = (
     "35", "37", "38", "39", "41", "42", "49", "90",
 )  # fmt: skip
 
+
+# What a terminal's reversal carries beyond a request's fields, which the gateway's repeats of
+# it must carry too: DE 56 (original data, ISO 8583:1993), DE 90 (original data, 1987), DE 95
+# (replacement amounts: a partial reversal). Not every field it carries: private fields (DE 48,
+# DE 60-63) may hold a CVC 2, and one the codec cannot read would lose the whole reversal.
+REVERSAL_DATA = ("56", "90", "95")
 
 # What the core reads of every acquirer response, besides the dialect's match fields: DE 11,
 # DE 38 (the approval code, for the reversal), DE 39 and DE 41.
@@ -41,6 +47,7 @@ class FieldsRead:
     it: the service and the seeded simulation both extract by it)."""
 
     request: tuple[str, ...]  # of a terminal's request (not a reversal)
+    terminal_reversal: tuple[str, ...]  # of a terminal's reversal: repeated from these
     response: tuple[str, ...]  # of an acquirer's message, read for every one
     response_later: frozenset[str]  # of an acquirer's message, read on rarer paths
     never: frozenset[str]  # card secrets: never extracted (DE 35 is, only to take a PAN)
@@ -53,15 +60,11 @@ class FieldsRead:
         response = {*RESPONSE_FIELDS, *dialect.match_fields}
         return cls(
             request=tuple(sorted(request - never, key=int)),
+            terminal_reversal=tuple(sorted((request | set(REVERSAL_DATA)) - never, key=int)),
             response=tuple(sorted(response, key=int)),
             response_later=frozenset(RESPONSE_FIELDS_LATER) - response,
             never=frozenset(never),
         )
-
-    def of_terminal_reversal(self, present: Iterable[str]) -> list[str]:
-        """A terminal's reversal: every field it carries but card secrets, since the gateway
-        repeats it from them (DE 95 replacement amounts, private fields, ...)."""
-        return [name for name in present if name not in self.never]
 
 
 @snapshot

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import random
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -766,11 +766,9 @@ class Simulation:
 
     def _send(self, terminal: Terminal, mti: str, fields: dict[str, str], conn_id: int) -> None:
         # What the service extracts, no more: the core must work with what the shell hands it.
-        if classify(mti).reversal:
-            read: Collection[str] = self.fields_read.of_terminal_reversal(fields)
-        else:
-            read = self.fields_read.request
-        extracted = {name: value for name, value in fields.items() if name in read}
+        read = self.fields_read
+        names = read.terminal_reversal if classify(mti).reversal else read.request
+        extracted = {name: value for name, value in fields.items() if name in names}
         self._to_core(TerminalRequest(conn_id, mti, extracted, self._frame(Msg(mti, fields))))
 
     def _next_stan(self, terminal: Terminal) -> str:

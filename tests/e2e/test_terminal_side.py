@@ -104,8 +104,8 @@ async def test_the_gateways_repeat_of_a_terminals_partial_reversal_keeps_all_its
 ) -> None:
     """A terminal reverses part of a delivered approval: DE 95 (replacement amounts) says
     what stays. Its 0400 goes upstream as it came; unanswered, the gateway repeats it (0401)
-    from the fields it kept, which must be all of them: a repeat without DE 95 asks the
-    acquirer to reverse the whole amount."""
+    from the fields it kept: a repeat without DE 95 asks the acquirer to reverse the whole
+    amount. Private fields (DE 48, 60-63: a CVC 2 may travel there) are not repeated."""
     rules = [Rule(mti=frozenset({"0400"}), fault="drop", times=1)]
     stack = await make_stack(rules=rules, **{"reversal.timeout": 0.3})
     await stack.links_up()
@@ -123,13 +123,14 @@ async def test_the_gateways_repeat_of_a_terminals_partial_reversal_keeps_all_its
     assert (await terminal.send("0200", original)).get("39") == "00"  # type: ignore[union-attr]
     partial = terminal_reversal(original, 27)
     partial["95"] = "000000003000" + "0" * 30  # 30.00 of the 50.00 stays approved
-    partial["60"] = "PRIVATE"
+    partial["48"] = "R9203123"  # Mastercard-style DE 48: CVC 2 in sub-element 92
     answer = await terminal.send("0400", partial, timeout=5.0)
     assert answer is not None and answer.get("39") == "00"
     [first, repeat] = [m for m in seen if m.mti in ("0400", "0401")]
     assert (first.mti, repeat.mti) == ("0400", "0401")
-    for name in ("4", "60", "90", "95"):
+    for name in ("4", "90", "95"):
         assert repeat.fields.get(name) == first.fields.get(name), name
+    assert "48" in first.fields and "48" not in repeat.fields
 
 
 async def test_reversal_of_an_unknown_original_is_forwarded(make_stack: StackFactory) -> None:

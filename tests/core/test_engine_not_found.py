@@ -4,7 +4,7 @@ queue, another attempt of the same reversal may have released it, or it was decl
 from __future__ import annotations
 
 from gateway.core.commands import Command, SendToAcquirer
-from gateway.core.records import CARD_DATA_FIELDS, AuthState, ReversalState
+from gateway.core.records import CARD_DATA_FIELDS, AuthState
 from gateway.wire.dialect import ReversalRules
 
 from .helpers import (
@@ -22,7 +22,7 @@ from .helpers import (
     settings,
     unanswered_then_repeated,
 )
-from .test_engine_recovery import restart
+from .test_engine_recovery import restart, restart_with_the_acknowledgement_lost
 from .test_engine_terminal_reversal import terminal_reversal
 
 
@@ -151,21 +151,7 @@ def test_after_a_restart_a_25_is_final_a_window_later() -> None:
 def test_a_25_answered_reversal_without_its_request_stops_listening_after_the_timeout() -> None:
     """A reversal tied again after a restart to its closed original (no request of it is
     known): the 25 settles it once reversal.timeout passes with nothing more."""
-    h = Harness()
-    original = sale()
-    h.request(original)
-    [sent] = sent_reversals(h.advance(15))
-    h.respond(reversal_answer(sent), mti="0410")
-    [closed] = [a for a in auth_records(h.log) if a.state is AuthState.REVERSED]
-    [still_sent] = [r for r in reversal_records(h.log) if r.state is ReversalState.SENT]
-    fresh = Harness(
-        now=h.now + 5,
-        open_reversals=[still_sent],
-        reversed_recently=[(closed, still_sent)],
-        next_txn_id=10,
-        next_reversal_id=10,
-    )
-    fresh.log.extend(fresh.core.recover(fresh.now))
+    fresh = restart_with_the_acknowledgement_lost(sale())
     [again] = sent_reversals(fresh.advance(1.0))
     # The first 25 may be the late answer of the attempt sent before the crash: the one on
     # the wire is waited for, and its repeat's 25 settles it.

@@ -444,15 +444,14 @@ def test_a_remembered_original_never_hides_a_newer_open_one() -> None:
     assert notices(out, "terminal_reversal")[0].data["outcome"] == "merged"
 
 
-def test_an_open_reversal_whose_original_closed_is_tied_again_after_a_restart() -> None:
-    """A crash kept the original's closing record (REVERSED) but not its reversal's (still
-    SENT): the reversal goes again, and the terminal's own reversal merges with it instead of
-    going upstream as a second reversal."""
+def restart_with_the_acknowledgement_lost(original: dict[str, str]) -> Harness:
+    """``original`` times out and its reversal is acknowledged, but the crash kept the
+    original's closing record (REVERSED) and not the reversal's (still SENT): the restarted
+    core has the reversal without its request."""
     h = Harness()
-    original = sale()
     h.request(original)
     [sent] = sent_reversals(h.advance(15))
-    h.respond({"11": sent.fields["11"], "41": original["41"], "39": "00"}, mti="0410")
+    h.respond(reversal_answer(sent), mti="0410")
     [closed] = [a for a in auth_records(h.log) if a.state is AuthState.REVERSED]
     [still_sent] = [r for r in reversal_records(h.log) if r.state is ReversalState.SENT]
     fresh = Harness(
@@ -463,6 +462,15 @@ def test_an_open_reversal_whose_original_closed_is_tied_again_after_a_restart() 
         next_reversal_id=10,
     )
     fresh.log.extend(fresh.core.recover(fresh.now))
+    return fresh
+
+
+def test_an_open_reversal_whose_original_closed_is_tied_again_after_a_restart() -> None:
+    """A crash kept the original's closing record (REVERSED) but not its reversal's (still
+    SENT): the reversal goes again, and the terminal's own reversal merges with it instead of
+    going upstream as a second reversal."""
+    original = sale()
+    fresh = restart_with_the_acknowledgement_lost(original)
     out = fresh.request(terminal_reversal(original), conn=5, mti="0400")
     assert not forwards(out)
     assert notices(out, "terminal_reversal")[0].data["outcome"] == "merged"

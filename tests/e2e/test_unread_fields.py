@@ -11,7 +11,8 @@ from typing import Any
 from gateway.wire.codec import Codec, Message
 from gateway.wire.framing import Frame
 
-from .harness import StackFactory, auth, events, now_fields
+from .harness import StackFactory, auth, events
+from .test_terminal_side import terminal_reversal
 
 # A merchant name with a Latin-1 letter: "CAFÉ DE LA GARE". The dialect's DE 43 is ASCII, so
 # the codec cannot decode it; a gateway that never needs DE 43 must not care.
@@ -24,16 +25,6 @@ def _with_latin1_merchant(codec: Codec, mti: str, fields: dict[str, str]) -> byt
     message = codec.encode(mti, {**fields, "43": MERCHANT_NAME})
     assert message.count(PLACEHOLDER.encode()) == 1
     return message.replace(PLACEHOLDER.encode(), LATIN1)
-
-
-def _terminal_reversal(original: dict[str, str], stan: int) -> dict[str, str]:
-    """The 0400 a terminal sends for an original (DE 90 ties it), as tests/e2e does."""
-    fields = {k: v for k, v in original.items() if k not in {"35", "52", "7", "12", "13"}}
-    fields.update(now_fields())
-    fields["11"] = f"{stan:06d}"
-    fields["39"] = "68"
-    fields["90"] = "0200" + original["11"] + original["7"] + "0" * 22
-    return fields
 
 
 async def _exchange(terminal: Any, message: bytes, timeout: float = 3.0) -> Message | None:
@@ -59,7 +50,7 @@ async def test_terminal_reversal_with_an_undecodable_field_it_does_not_need_stil
     assert approval is not None and approval.mti == "0210" and approval.get("39") == "00"
     assert len(stack.holds()) == 1 and not stack.holds()[0].released
 
-    reversal = _terminal_reversal(original, 41)
+    reversal = terminal_reversal(original, 41)
     answer = await _exchange(terminal, _with_latin1_merchant(codec, "0400", reversal))
     errors = stack.service.counters.terminal_format_errors
     assert answer is not None and answer.mti == "0410", (

@@ -36,6 +36,7 @@ from gateway.core.commands import (
 )
 from gateway.core.engine import GatewayCore
 from gateway.core.events import (
+    UNREADABLE,
     AcquirerResponse,
     DeliveryResult,
     Draining,
@@ -495,7 +496,7 @@ class GatewayService:
             )
         read = self._fields_read
         try:
-            fields = LazyFields(view, read.response, read.response_later)
+            fields = LazyFields(view, read.response, read.response_later, UNREADABLE)
         except CodecError as error:
             self.on_link_format_error(link, error)
             return

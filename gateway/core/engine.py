@@ -44,6 +44,7 @@ from gateway.core.commands import (
     SendToAcquirer,
 )
 from gateway.core.events import (
+    UNREADABLE,
     AcquirerResponse,
     DeliveryResult,
     Draining,
@@ -651,6 +652,11 @@ class GatewayCore:
         # With one candidate a contradiction changes nothing (it is taken all the same): the
         # echoed fields are read only when two requests share the key.
         telling = len(candidates) > 1
+        # The echoed fields that would tell them apart cannot be read: the answer never goes to
+        # the request in flight while one the gateway gave up on shares its key. A wrong guess
+        # then costs a reversal (the one in flight times out), never a terminal given another
+        # sale's answer.
+        unreadable = telling and UNREADABLE in values_of(fields, _TELLING_FIELDS)
         fallback: _Matchable | None = None
         # A request the answer's echoed times or RRN contradict: the answer is another
         # request's with the same key (a STAN reused while the first one's answer was late).
@@ -661,7 +667,10 @@ class GatewayCore:
         for candidate in candidates:
             if values_agree(candidate.match_values, values):
                 if isinstance(candidate, Pending):
-                    if telling and _contradicts(candidate.fields, fields):
+                    if telling and (
+                        _contradicts(candidate.fields, fields)
+                        or (unreadable and candidate.phase is Phase.AWAITING)
+                    ):
                         if contradicted is None or candidate.phase is Phase.AWAITING:
                             contradicted = candidate
                         continue
@@ -1634,7 +1643,7 @@ _TELLING_FIELDS = ("7", "12", "13", "37")
 def _contradicts(request: Mapping[str, str], response: Mapping[str, str]) -> bool:
     for name in _TELLING_FIELDS:
         sent, echoed = request.get(name), response.get(name)
-        if sent and echoed and sent != echoed:
+        if sent and echoed and echoed not in (sent, UNREADABLE):
             return True
     return False
 

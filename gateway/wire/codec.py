@@ -328,19 +328,22 @@ class FieldView:
 
 class LazyFields(Mapping[str, str]):
     """Some fields of a message decoded now (a malformed one raises CodecError here), others
-    only when read: a value that cannot be decoded then reads as absent.
+    only when read: one that cannot be decoded then reads as the ``unreadable`` value given.
 
     The gateway reads a few fields of every response (the key, DE 38, DE 39) and others only
     on rarer paths (the echoed DE 7/12/13/37 when two requests share a key, the RRN of a late
     answer): decoding those for every response cost as much as the scan itself.
     """
 
-    __slots__ = ("_later", "_values", "_view")
+    __slots__ = ("_later", "_unreadable", "_values", "_view")
 
-    def __init__(self, view: FieldView, now: Iterable[str], later: frozenset[str]) -> None:
+    def __init__(
+        self, view: FieldView, now: Iterable[str], later: frozenset[str], unreadable: str
+    ) -> None:
         self._view = view
         self._values = view.fields(now)
         self._later = later
+        self._unreadable = unreadable
 
     def __getitem__(self, name: str) -> str:
         value = self._values.get(name)
@@ -350,7 +353,7 @@ class LazyFields(Mapping[str, str]):
             try:
                 value = self._view.get(name) or ""
             except CodecError:
-                raise KeyError(name) from None  # unreadable reads as absent
+                value = self._unreadable
             self._values[name] = value
         return value
 
@@ -363,13 +366,7 @@ class LazyFields(Mapping[str, str]):
     def __contains__(self, name: object) -> bool:
         if name in self._values:
             return True
-        if not isinstance(name, str) or name not in self._later or not self._view.has(name):
-            return False
-        try:
-            self[name]
-        except KeyError:
-            return False
-        return True
+        return isinstance(name, str) and name in self._later and self._view.has(name)
 
     def __repr__(self) -> str:  # values may include a PAN: names only
         return f"LazyFields(decoded={sorted(self._values)!r}, later={sorted(self._later)!r})"

@@ -15,6 +15,7 @@ from gateway.wire.dialect import get_dialect
 DIALECTS = ("iso87-binary", "iso87-ascii", "iso87-ebcdic", "cup-pos", "visa-base1")
 CODECS = {name: Codec(get_dialect(name)) for name in DIALECTS}
 HEX = "0123456789ABCDEF"
+UNREADABLE = "<unreadable>"
 LONGEST = 40  # generated variable fields: up to this, or exactly their maximum
 
 settings.register_profile("codec", deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -317,20 +318,20 @@ def test_scan_checks_content_only_when_a_field_is_read() -> None:
 def test_lazy_fields_decode_some_now_and_the_rest_when_read() -> None:
     """What the gateway hands its core of a response: the key now (a malformed one is a
     CodecError here, where the shell handles it), the rarer fields when read, and an
-    undecodable one of those reads as absent instead of losing the whole answer."""
+    undecodable one of those reads as UNREADABLE instead of losing the whole answer."""
     codec = CODECS["iso87-binary"]
     fields = {**SALE, "7": "1126103548", "37": "A" * 12}
     message = codec.encode("0210", fields).replace(b"A" * 12, b"A" * 11 + b"\xff")
     view = codec.scan(message)
-    lazy = LazyFields(view, ("11", "41"), frozenset({"7", "37"}))
+    lazy = LazyFields(view, ("11", "41"), frozenset({"7", "37"}), UNREADABLE)
     assert lazy["41"] == "10000019" and lazy.get("7") == "1126103548"
-    assert lazy.get("37") is None and "37" not in lazy  # undecodable: absent
+    assert lazy.get("37") == UNREADABLE and "37" in lazy  # present, equal to nothing
     assert lazy.get("4") is None  # present, but neither now nor later: not handed over
-    assert list(lazy) == ["7", "11", "41"] and len(lazy) == 3
+    assert list(lazy) == ["7", "11", "37", "41"] and len(lazy) == 4
     assert SALE["2"] not in repr(lazy)
     bad_key = codec.encode("0210", fields).replace(b"10000019", b"1000001\xff")
     with pytest.raises(CodecError) as caught:
-        LazyFields(codec.scan(bad_key), ("11", "41"), frozenset())
+        LazyFields(codec.scan(bad_key), ("11", "41"), frozenset(), UNREADABLE)
     assert caught.value.field == "41"
 
 

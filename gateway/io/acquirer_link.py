@@ -272,17 +272,19 @@ class AcquirerLink:
         try:
             view = self._codec.scan(frame.message)
             mti = view.mti
-        except CodecError as error:
-            self._listener.on_link_format_error(self, error)
-            return
-        if mti == "0810":
-            future = self._own_stans.get(view.get("11") or "")
-            if future is not None:
-                if not future.done():
-                    future.set_result(view.get("39") or "")
+            if mti == "0810":
+                future = self._own_stans.get(view.get("11") or "")
+                if future is not None:
+                    if not future.done():
+                        future.set_result(view.get("39") or "")
+                    return
+            if mti == "0800":
+                self._answer_network_management(frame, view)
                 return
-        if mti == "0800":
-            self._answer_network_management(frame, view)
+        except CodecError as error:
+            # Counted and dropped: raised out of data_received, it would close the link and
+            # lose the answers that came in the same read.
+            self._listener.on_link_format_error(self, error)
             return
         self._listener.on_link_message(self, frame, view)
 

@@ -223,6 +223,39 @@ async def test_the_acquirers_own_echo_tests_are_answered(make_stack: StackFactor
         host.close()
 
 
+async def test_a_malformed_network_message_from_the_acquirer_is_counted_not_fatal(
+    make_stack: StackFactory,
+) -> None:
+    """An 0800 whose DE 70 and an 0810 whose DE 11 cannot be decoded (a byte that is not
+    ASCII), then an echo test in the same read: the two are counted as malformed, the link
+    stays up and the echo test is answered."""
+    dialect = get_dialect("iso87-binary")
+    codec = Codec(dialect)
+    connected: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    host = await asyncio.start_server(lambda r, w: connected.put_nowait((r, w)), "127.0.0.1", 0)
+    port = host.sockets[0].getsockname()[1]
+    try:
+        stack = await make_stack(**{"acquirer.addresses": [f"127.0.0.1:{port}"]})
+        reader, writer = await asyncio.wait_for(connected.get(), 10)
+        await stack.links_up()
+        bad_0800 = codec.encode("0800", {"7": "1126040000", "11": "000201", "70": "301"})
+        bad_0800 = bad_0800.replace(b"301", b"30\xff")
+        bad_0810 = codec.encode("0810", {"7": "1126040000", "11": "000202", "39": "00"})
+        bad_0810 = bad_0810.replace(b"000202", b"00020\xff")
+        echo = codec.encode("0800", {"7": "1126040000", "11": "000203", "70": "301"})
+        writer.write(
+            b"".join(encode_frame(dialect.framing, Frame(m)) for m in (bad_0800, bad_0810, echo))
+        )
+        length = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), 5), "big")
+        answer = codec.decode(await reader.readexactly(length))
+        assert answer.mti == "0810" and answer.fields["11"] == "000203"
+        assert stack.service.links[1].is_up
+        assert stack.service.counters.acquirer_format_errors == 2
+        writer.close()
+    finally:
+        host.close()
+
+
 class _SentByLink:
     """A frame tap counting what the gateway wrote on each acquirer connection."""
 

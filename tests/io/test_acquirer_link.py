@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import socket
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,11 +18,11 @@ from gateway.config import ConfigError, load_config
 from gateway.io.tap import Address, Side
 from gateway.sim.acquirer import AcquirerSimulator
 from gateway.sim.rules import Rule
-from gateway.wire.codec import Codec
+from gateway.wire.codec import Codec, Message
 from gateway.wire.dialect import get_dialect
 from gateway.wire.framing import Frame, encode_frame
 
-from ..e2e.harness import StackFactory, auth
+from ..e2e.harness import Stack, StackFactory, auth
 
 
 def closed_port() -> int:
@@ -191,10 +193,15 @@ def test_own_messages_that_cannot_be_sent_are_refused_at_start(
     assert str(raised.value).startswith(message)
 
 
-async def test_the_acquirers_own_echo_tests_are_answered(make_stack: StackFactory) -> None:
-    """A host that echo-tests the gateway and drops links that do not answer."""
-    dialect = get_dialect("iso87-binary")
-    codec = Codec(dialect)
+ISO87 = get_dialect("iso87-binary")
+ISO87_CODEC = Codec(ISO87)
+
+
+@contextlib.asynccontextmanager
+async def raw_acquirer(
+    make_stack: StackFactory,
+) -> AsyncIterator[tuple[Stack, asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A gateway whose acquirer is a bare socket the test reads and writes (iso87-binary)."""
     connected: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
     host = await asyncio.start_server(lambda r, w: connected.put_nowait((r, w)), "127.0.0.1", 0)
     port = host.sockets[0].getsockname()[1]
@@ -202,12 +209,25 @@ async def test_the_acquirers_own_echo_tests_are_answered(make_stack: StackFactor
         stack = await make_stack(**{"acquirer.addresses": [f"127.0.0.1:{port}"]})
         reader, writer = await asyncio.wait_for(connected.get(), 10)
         await stack.links_up()
+        yield stack, reader, writer
+        writer.close()
+    finally:
+        host.close()
+
+
+async def read_message(reader: asyncio.StreamReader) -> Message:
+    length = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), 5), "big")
+    return ISO87_CODEC.decode(await reader.readexactly(length))
+
+
+async def test_the_acquirers_own_echo_tests_are_answered(make_stack: StackFactory) -> None:
+    """A host that echo-tests the gateway and drops links that do not answer."""
+    async with raw_acquirer(make_stack) as (stack, reader, writer):
         answers = []
         for stan, code in (("000101", "301"), ("000102", "161")):  # echo; a key change
             request = {"7": "1126040000", "11": stan, "70": code}
-            writer.write(encode_frame(dialect.framing, Frame(codec.encode("0800", request))))
-            length = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), 5), "big")
-            answers.append(codec.decode(await reader.readexactly(length)))
+            writer.write(encode_frame(ISO87.framing, Frame(ISO87_CODEC.encode("0800", request))))
+            answers.append(await read_message(reader))
         echo, key_change = answers
         assert echo.mti == "0810" and dict(echo.fields) == {
             "7": "1126040000",
@@ -218,9 +238,6 @@ async def test_the_acquirers_own_echo_tests_are_answered(make_stack: StackFactor
         assert key_change.mti == "0810" and key_change.fields["39"] == "12"
         assert stack.service.links[1].is_up
         assert stack.service.counters.acquirer_format_errors == 0
-        writer.close()
-    finally:
-        host.close()
 
 
 async def test_a_malformed_network_message_from_the_acquirer_is_counted_not_fatal(
@@ -229,31 +246,19 @@ async def test_a_malformed_network_message_from_the_acquirer_is_counted_not_fata
     """An 0800 whose DE 70 and an 0810 whose DE 11 cannot be decoded (a byte that is not
     ASCII), then an echo test in the same read: the two are counted as malformed, the link
     stays up and the echo test is answered."""
-    dialect = get_dialect("iso87-binary")
-    codec = Codec(dialect)
-    connected: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
-    host = await asyncio.start_server(lambda r, w: connected.put_nowait((r, w)), "127.0.0.1", 0)
-    port = host.sockets[0].getsockname()[1]
-    try:
-        stack = await make_stack(**{"acquirer.addresses": [f"127.0.0.1:{port}"]})
-        reader, writer = await asyncio.wait_for(connected.get(), 10)
-        await stack.links_up()
+    codec = ISO87_CODEC
+    async with raw_acquirer(make_stack) as (stack, reader, writer):
         bad_0800 = codec.encode("0800", {"7": "1126040000", "11": "000201", "70": "301"})
         bad_0800 = bad_0800.replace(b"301", b"30\xff")
         bad_0810 = codec.encode("0810", {"7": "1126040000", "11": "000202", "39": "00"})
         bad_0810 = bad_0810.replace(b"000202", b"00020\xff")
         echo = codec.encode("0800", {"7": "1126040000", "11": "000203", "70": "301"})
-        writer.write(
-            b"".join(encode_frame(dialect.framing, Frame(m)) for m in (bad_0800, bad_0810, echo))
-        )
-        length = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), 5), "big")
-        answer = codec.decode(await reader.readexactly(length))
+        frames = (encode_frame(ISO87.framing, Frame(m)) for m in (bad_0800, bad_0810, echo))
+        writer.write(b"".join(frames))
+        answer = await read_message(reader)
         assert answer.mti == "0810" and answer.fields["11"] == "000203"
         assert stack.service.links[1].is_up
         assert stack.service.counters.acquirer_format_errors == 2
-        writer.close()
-    finally:
-        host.close()
 
 
 class _SentByLink:

@@ -1282,7 +1282,9 @@ class GatewayCore:
         # requeue restarted the attempt count.
         mti = attempt_mti(rev.mti, 2 if rev.sent_before else 1)
         self._mark_sent(rev, link_id, now, out)
-        message = {**rev.fields, "7": transmission_time(now)}
+        message = dict(rev.fields)
+        if self._rules.transmission_time:
+            message["7"] = transmission_time(now)
         out.append(SendToAcquirer(link_id, mti, message, rev.tpdu, rev.header))
 
     def _mark_sent(self, rev: Reversal, link_id: int, now: float, out: list[Command]) -> None:

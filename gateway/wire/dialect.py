@@ -67,6 +67,8 @@ class ReversalRules:
     stan: Literal["new", "original"] = "new"
     original_data: Literal["de90", "none"] = "de90"
     include_approval_code: bool = True  # DE 38 when the original was approved
+    # DE 7 set to each attempt's send time (ISO 8583:1987); CUP POS messages carry no DE 7.
+    transmission_time: bool = True
     # reason -> DE 39 of the reversal; keys are REVERSAL_REASONS. ISO 8583:1987 action codes:
     # 68 "response received too late" (the acquirer's answer never reached us in time, or we
     # cannot know that it did), 22 "suspected malfunction" (an approval we could not deliver),
@@ -271,7 +273,7 @@ _FIELD_OPTIONAL = ("len_count", "left_pad", "right_pad", "desc")
 _FRAMING_KEYS = frozenset({"length", "tpdu", "header_length", "max_frame"})
 _REVERSAL_KEYS = frozenset(
     {
-        "mti", "copy_fields", "stan", "original_data", "include_approval_code",
+        "mti", "copy_fields", "stan", "original_data", "include_approval_code", "transmission_time",
         "reason_codes", "resolved_codes", "not_found_codes",
     }
 )  # fmt: skip
@@ -446,10 +448,9 @@ def _check_reversal(file: str, reversal: dict[str, Any]) -> None:
         raise DialectError(file, "reversal.stan", "must be 'new' or 'original'")
     if "original_data" in reversal and reversal["original_data"] not in ("de90", "none"):
         raise DialectError(file, "reversal.original_data", "must be 'de90' or 'none'")
-    if "include_approval_code" in reversal and not isinstance(
-        reversal["include_approval_code"], bool
-    ):
-        raise DialectError(file, "reversal.include_approval_code", "must be true or false")
+    for flag in ("include_approval_code", "transmission_time"):
+        if flag in reversal and not isinstance(reversal[flag], bool):
+            raise DialectError(file, f"reversal.{flag}", "must be true or false")
     if "reason_codes" in reversal:
         codes = _mapping(file, "reversal.reason_codes", reversal["reason_codes"])
         for reason, code in codes.items():
@@ -536,6 +537,7 @@ def _build(file: str, raw: dict[str, Any], parent: str | None) -> Dialect:
         include_approval_code=reversal_raw.get(
             "include_approval_code", rules.include_approval_code
         ),
+        transmission_time=reversal_raw.get("transmission_time", rules.transmission_time),
         reason_codes=MappingProxyType(reason_codes),
         resolved_codes=frozenset(reversal_raw.get("resolved_codes", rules.resolved_codes)),
         not_found_codes=frozenset(reversal_raw.get("not_found_codes", rules.not_found_codes)),

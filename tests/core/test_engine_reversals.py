@@ -70,6 +70,17 @@ def test_reversal_is_built_from_the_original() -> None:
     assert "38" not in f  # no approval known
 
 
+def test_a_dialect_without_de7_gets_reversals_without_it() -> None:
+    """CUP POS messages carry no DE 7: each attempt of its reversals goes without one."""
+    rules = ReversalRules(original_data="none", transmission_time=False)
+    h = Harness(dialect=make_dialect(rules))
+    first = timed_out(h)
+    assert "7" not in first.fields
+    h.advance(10.0)  # unanswered: repeated
+    [repeat] = sent_reversals(h.advance(5.0))
+    assert repeat.mti == "0401" and "7" not in repeat.fields
+
+
 def test_acknowledged_reversal_closes_both_records_and_clears_card_data() -> None:
     h = Harness()
     sent = timed_out(h)

@@ -90,6 +90,8 @@ def test_cup_pos_rules() -> None:
     assert cup.reversal.mti == "0400"
     assert cup.reversal.stan == "original"
     assert cup.reversal.original_data == "none"
+    assert not cup.reversal.transmission_time  # CUP POS messages carry no DE 7
+    assert get_dialect("iso87-binary").reversal.transmission_time
     assert dict(cup.reversal.reason_codes) == {
         "timeout": "98",
         "link_lost": "98",
@@ -260,6 +262,11 @@ BROKEN = [
     ({**MINIMAL, "reversal": {"mti": "0200"}}, "reversal.mti", "'0400' or '0420'"),
     ({**MINIMAL, "reversal": {"stan": "random"}}, "reversal.stan", "'new' or 'original'"),
     ({**MINIMAL, "reversal": {"retries": 3}}, "reversal.retries", "unknown key"),
+    (
+        {**MINIMAL, "reversal": {"transmission_time": "no"}},
+        "reversal.transmission_time",
+        "true or false",
+    ),
     (
         {**MINIMAL, "reversal": {"original_data": "none", "not_found_codes": ["12"]}},
         "reversal.not_found_codes",

@@ -117,7 +117,8 @@ class _MatchedBy(TypedDict):
 
 
 _NO_REPLACE: Mapping[str, str] = {}
-_NO_LINK = -1  # a request read back after a restart went out on a link of the old process
+# The link of a request read back after a restart: it went out on one of the old process.
+_NO_LINK = -1
 
 _Matchable = Pending | Reversal
 _Timed = Pending | Reversal | Authorization
@@ -380,12 +381,9 @@ class GatewayCore:
             auth=auth,
             phase=Phase.TIMED_OUT,
             forget_at=now + self.settings.duplicate_window,
-            restored=True,
         )
         auth.pending = pending
-        self._index.setdefault(pending.index_key, []).append(pending)
-        self._by_duplicate[pending.dup_key] = pending
-        self._by_repeat[pending.repeat_key] = pending
+        self._index_pending(pending)
         self._lingering += 1
         self._timers.arm(pending, pending.forget_at)
 
@@ -553,9 +551,7 @@ class GatewayCore:
             # Journal before you send: the shell holds the forward until this is durable.
             out.append(Persist(auth.record()))
         out.append(ForwardToAcquirer(link_id, frame, replace))
-        self._index.setdefault(pending.index_key, []).append(pending)
-        self._by_duplicate[dup_key] = pending
-        self._by_repeat[pending.repeat_key] = pending
+        self._index_pending(pending)
         self._awaiting[pending] = None
         self._wait_on_conn(event.conn_id, pending)
         self._timers.arm(pending, now + self.settings.acquirer_timeout)
@@ -1016,7 +1012,7 @@ class GatewayCore:
             # A request read back after a restart: its late answer can come only from a host
             # that answers by station; one that answers on the connection it was asked on has
             # nowhere to send it any more.
-            (pending is None or pending.restored)
+            (pending is None or pending.link_id == _NO_LINK)
             and rev is not None
             and rev.state is ReversalState.ACKNOWLEDGED
             and rev.last_response_code in self._rules.not_found_codes
@@ -1604,6 +1600,12 @@ class GatewayCore:
         if not pending.timer_seq:
             self._timers.arm(pending, pending.forget_at)
         # else: the acquirer timeout is still armed; when it fires it re-arms for forget_at
+
+    def _index_pending(self, pending: Pending) -> None:
+        """Findable by its answer, its duplicates and its repeats (``_forget`` undoes it)."""
+        self._index.setdefault(pending.index_key, []).append(pending)
+        self._by_duplicate[pending.dup_key] = pending
+        self._by_repeat[pending.repeat_key] = pending
 
     def _forget(self, pending: Pending, now: float) -> None:
         self._lingering -= 1

@@ -36,9 +36,8 @@ RESPONSE_FIELDS = ("11", "38", "39", "41")
 # ... and on rarer paths: DE 7/12/13/37 as echoed (they tell apart two requests with one key: a
 # STAN reused while the first one's answer was late), DE 37 in the notice of a late or
 # unmatched answer, DE 3 (an unmatched approval of a balance inquiry holds nothing). The shell
-# may decode these when they are read; one it cannot decode it hands the core as
-# wire.codec.UNREADABLE. The shell must hand all of them: a field missing here silently turns
-# a check off.
+# may decode these when they are read; one it cannot decode it hands the core as UNREADABLE.
+# The shell must hand all of them: a field missing here silently turns a check off.
 RESPONSE_FIELDS_LATER = ("3", "7", "12", "13", "37")
 # What the shell hands for one of those it cannot decode: present, equal to no value a field
 # can carry (a NUL first), so that it never agrees with anything.
@@ -54,10 +53,10 @@ class FieldsRead:
     terminal_reversal: tuple[str, ...]  # of a terminal's reversal: repeated from these
     response: tuple[str, ...]  # of an acquirer's message, read for every one
     response_later: frozenset[str]  # of an acquirer's message, read on rarer paths
-    never: frozenset[str]  # card secrets: never extracted (DE 35 is, only to take a PAN)
 
     @classmethod
     def of(cls, dialect: Dialect) -> FieldsRead:
+        # Card secrets are never extracted (DE 35 is, only to take a PAN from it).
         never = (dialect.sensitive_fields | DEFAULT_SENSITIVE_FIELDS) - {"35"}
         request = {*CORE_FIELDS, *dialect.match_fields, *dialect.duplicate_fields}
         request |= {*dialect.reversal.copy_fields, *dialect.response_echo_fields}
@@ -67,7 +66,6 @@ class FieldsRead:
             terminal_reversal=tuple(sorted((request | set(REVERSAL_DATA)) - never, key=int)),
             response=tuple(sorted(response, key=int)),
             response_later=frozenset(RESPONSE_FIELDS_LATER) - response,
-            never=frozenset(never),
         )
 
 

@@ -87,7 +87,6 @@ class Pending:
     answer: Frame | None = None  # the acquirer's response, for duplicates
     forget_at: float = 0.0
     timer_seq: int = 0
-    restored: bool = False  # read back from the journal after a restart
 
 
 @dataclass(slots=True, eq=False)

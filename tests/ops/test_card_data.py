@@ -41,6 +41,9 @@ RULES = [
     rule("TERMCUTS", fault="close", times=1),
     rule("TERMGARB", fault="garbage"),
     rule("TERMGONE", fault="delay", seconds=0.3),
+    # Neither the sale nor its reversal is answered: still in doubt when the gateway restarts.
+    rule("TERMHELD", fault="drop"),
+    Rule(terminal_id=frozenset({"TERMHELD"}), mti=frozenset({"0400", "0401"}), fault="drop"),
 ]
 
 
@@ -130,14 +133,21 @@ async def test_no_card_secret_in_logs_or_mqtt_payloads(
             await stack.simulator.resume()
             await stack.links_up()
             timed_out = await run_every_scenario(stack)
+            terminal = await stack.terminal()
+            held = card_present(12, "TERMHELD")
+            answer = await terminal.send("0200", held, timeout=3.0)
+            assert answer is not None and answer.get("39") == "91"
             # A restart reads back the originals it reversed (with what ties them, never
-            # card data): the terminal's own reversal of one is answered by the gateway.
+            # card data): the terminal's own reversal of one is answered by the gateway. The
+            # request still in doubt is remembered: its resend is declined, with no PAN.
             await stack.restart_gateway()
             stack.service.sink = TeeSink(LogSink(), publisher)
             await stack.links_up()
             terminal = await stack.terminal()
             answer = await terminal.send("0400", terminal_reversal(timed_out, 11), timeout=3.0)
             assert answer is not None and answer.get("39") == "00"
+            resent = await terminal.send("0200", held, timeout=3.0)
+            assert resent is not None and resent.get("39") == "91" and resent.get("2") is None
             await publisher.stop()  # publishes what is queued, then offline
             await subscriber.wait_for(
                 lambda: any(s["status"] == "offline" for s, _ in subscriber.statuses()),
@@ -166,6 +176,7 @@ async def test_no_card_secret_in_logs_or_mqtt_payloads(
         ("undeliverable_response", "closed"),
         ("reversal_acknowledged", None),
         ("terminal_reversal", "answered"),  # after the restart
+        ("duplicate_request", "declined"),  # the in-doubt request's resend, after it
     ]:
         assert expected in logged, f"{expected} was not logged"
     assert any('"logger":"aiomqtt"' in line for line in logs.splitlines())

@@ -705,10 +705,7 @@ class GatewayCore:
             auth.state = AuthState.APPROVED
             auth.updated_at = now
             auth.response_code = code
-            approval_code = event.fields.get("38")
-            if approval_code:
-                auth.approval_code = approval_code
-                auth.reversal_fields = {**auth.reversal_fields, "38": approval_code}
+            self._keep_approval_code(auth, event)
             out.append(Persist(auth.record()))
             for conn_id in conns:
                 self._deliver(auth, conn_id, pending, out)
@@ -747,14 +744,11 @@ class GatewayCore:
         not_sent = rev is not None and rev.state is ReversalState.OWED and not rev.sent_before
         if code in self.settings.approval_codes:
             auth.response_code = code
-            approval_code = event.fields.get("38")
-            if approval_code and not auth.approval_code:
-                auth.approval_code = approval_code
-                auth.reversal_fields = {**auth.reversal_fields, "38": approval_code}
-                if rev is not None and not_sent and self._rules.include_approval_code:
-                    rev.fields = {**rev.fields, "38": approval_code}
-                    rev.updated_at = now
-                    out.append(Persist(rev.record()))
+            approval_code = None if auth.approval_code else self._keep_approval_code(auth, event)
+            if approval_code and rev is not None and not_sent and self._rules.include_approval_code:
+                rev.fields = {**rev.fields, "38": approval_code}
+                rev.updated_at = now
+                out.append(Persist(rev.record()))
             auth.updated_at = now
             out.append(Persist(auth.record()))
         elif rev is not None and not_sent and self.settings.late_decline_cancels:
@@ -793,13 +787,20 @@ class GatewayCore:
         if rev is None or not rev.reopenable or not rev.fields:
             return  # not reopenable, or only listening (nothing to build it from)
         auth.response_code = event.fields.get("39")
-        approval_code = event.fields.get("38")
-        if approval_code:
-            auth.approval_code = approval_code
-            auth.reversal_fields = {**auth.reversal_fields, "38": approval_code}
-            if self._rules.include_approval_code:
-                rev.fields = {**rev.fields, "38": approval_code}
+        approval_code = self._keep_approval_code(auth, event)
+        if approval_code and self._rules.include_approval_code:
+            rev.fields = {**rev.fields, "38": approval_code}
         self._reopen_reversal(rev, auth, now, out)
+
+    @staticmethod
+    def _keep_approval_code(auth: Authorization, event: AcquirerResponse) -> str | None:
+        """DE 38 of an approval, kept for the authorization's reversal; None if it has none."""
+        approval_code = event.fields.get("38")
+        if not approval_code:
+            return None
+        auth.approval_code = approval_code
+        auth.reversal_fields = {**auth.reversal_fields, "38": approval_code}
+        return approval_code
 
     def _reopen_reversal(
         self, rev: Reversal, auth: Authorization, now: float, out: list[Command]

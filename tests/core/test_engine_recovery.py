@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from gateway.core.commands import Command
+from gateway.core.commands import Command, SendToAcquirer
 from gateway.core.engine import GatewayCore
 from gateway.core.records import (
     OPEN_AUTH_STATES,
@@ -83,6 +83,16 @@ def restart(h: Harness, *, link: bool = True, **overrides: object) -> tuple[Harn
     if link:
         fresh.link_up(1)
     return fresh, out
+
+
+def in_doubt_reversal_after_restart(request: dict[str, str]) -> tuple[Harness, SendToAcquirer]:
+    """``request`` is in flight when the gateway restarts; the new process sends its in-doubt
+    reversal at the first drain slot."""
+    h = Harness()
+    h.request(request)
+    fresh, _ = restart(h)
+    [sent] = sent_reversals(fresh.run_until(fresh.now + 1))
+    return fresh, sent
 
 
 def test_in_flight_and_approved_authorizations_are_in_doubt_and_reversed() -> None:
@@ -193,11 +203,8 @@ def test_a_journaled_delivered_approval_is_not_in_doubt() -> None:
 
 
 def test_an_answer_after_the_restored_request_is_forgotten_is_unmatched() -> None:
-    h = Harness()
     request = sale()
-    h.request(request)
-    fresh, _ = restart(h)
-    [sent] = sent_reversals(fresh.run_until(fresh.now + 1))
+    fresh, sent = in_doubt_reversal_after_restart(request)
     fresh.respond(reversal_answer(sent), mti="0410")
     fresh.run_until(fresh.now + CoreSettings().duplicate_window + 1)
     out = fresh.respond(answer(request))

@@ -31,7 +31,7 @@ from .helpers import (
     to_terminal,
 )
 from .test_engine_not_found import assert_no_second_reversal
-from .test_engine_recovery import restart
+from .test_engine_recovery import in_doubt_reversal_after_restart, restart
 from .test_engine_terminal_reversal import terminal_reversal
 
 
@@ -65,11 +65,8 @@ def test_a_late_decline_after_a_restart_cancels_the_reversal_before_it_is_sent()
 def test_an_approval_after_the_restarted_reversal_was_answered_not_found_reopens_it() -> None:
     # The original waited in the acquirer's queue across the restart: the in-doubt reversal
     # overtook it ("25"), then it was approved and its answer came on the new connection.
-    h = Harness()
     request = sale()
-    h.request(request)
-    fresh, _ = restart(h)
-    [first] = sent_reversals(fresh.run_until(fresh.now + 1))
+    fresh, first = in_doubt_reversal_after_restart(request)
     fresh.respond(reversal_answer(first, "25"), mti="0410")
     out = fresh.respond(answer(request))
     assert not notices(out, "unmatched_response")
@@ -160,11 +157,8 @@ def test_after_a_restart_and_a_25_the_terminals_own_reversal_still_goes_upstream
     ("25"), the terminal's own reversal is the only one left to release a hold that came
     after it. It goes upstream (a second reversal answered "already reversed" is better than a
     hold left behind)."""
-    h = Harness()
     request = sale()
-    h.request(request)
-    fresh, _ = restart(h)
-    [sent] = sent_reversals(fresh.run_until(fresh.now + 1))
+    fresh, sent = in_doubt_reversal_after_restart(request)
     fresh.respond(reversal_answer(sent, "25"), mti="0410")
     out = fresh.request(terminal_reversal(request), conn=5, mti="0400")
     assert forwards(out) and not replies(out)

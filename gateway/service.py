@@ -156,6 +156,7 @@ class GatewayService:
         settings = self.config.core_settings()
         now = time.time()
         reversed_recently = await self.journal.load_reversed_since(now - settings.history_window)
+        closed_recently = await self.journal.load_closed_since(now - settings.duplicate_window)
         next_txn_id, next_reversal_id = await self.journal.next_ids()
         last_stan = await self.journal.get_meta(STAN_META_KEY)
         self.core = GatewayCore(
@@ -165,6 +166,7 @@ class GatewayService:
             open_authorizations=authorizations,
             open_reversals=reversals,
             reversed_recently=reversed_recently,
+            closed_recently=closed_recently,
             next_txn_id=next_txn_id,
             next_reversal_id=next_reversal_id,
             stan_seed=seed_after(last_stan, int(now) % STAN_MAX + 1),

@@ -137,6 +137,7 @@ class GatewayCore:
         open_authorizations: Iterable[AuthorizationRecord] = (),
         open_reversals: Iterable[ReversalRecord] = (),
         reversed_recently: Iterable[tuple[AuthorizationRecord, ReversalRecord]] = (),
+        closed_recently: Iterable[AuthorizationRecord] = (),
         next_txn_id: int = 1,
         next_reversal_id: int = 1,
         stan_seed: int = 1,
@@ -164,6 +165,17 @@ class GatewayCore:
             if f not in dialect.sensitive_fields and f not in CARD_DATA_FIELDS
         )
         self._kept_when_closed_set = frozenset(self._kept_when_closed)
+        # What an authorization closed with an answer (delivered, declined) journals, so that a
+        # restarted gateway still knows a resend of it for the rest of the duplicate window:
+        # the fields that find its duplicates, repeats and late answers and that its rebuilt
+        # answer echoes. Never card data.
+        self._answer_fields = tuple(
+            f
+            for f in dict.fromkeys(
+                ("7", *dialect.match_fields, *dialect.duplicate_fields, *self._echo_fields)
+            )
+            if f not in dialect.sensitive_fields and f not in CARD_DATA_FIELDS
+        )
         # Responses are found by (MTI, this field) in one lookup, then compared on the rest.
         self._index_field = "11" if "11" in dialect.match_fields else dialect.match_fields[0]
         self._rewrite = settings.stan_mode == "rewrite"
@@ -197,7 +209,10 @@ class GatewayCore:
         self._open_auths = 0
         self._in_doubt: list[Authorization] = []
         self._restore(open_authorizations, open_reversals, now)
+        self._closed_restored: dict[int, Authorization] = {}  # reversed, request lingering
+        self._restore_closed(closed_recently, now)
         self._restore_reversed(reversed_recently, now)
+        self._closed_restored.clear()
 
     # the API the shell calls ------------------------------------------------------------------
 
@@ -334,20 +349,53 @@ class GatewayCore:
                 self._reversals[rev.reversal_id] = rev
                 self._park(rev)
         for auth in auths.values():
-            self._remember_request(auth, now)
+            if self._can_rebuild_request(auth):
+                self._remember_request(auth, Phase.TIMED_OUT, now + self.settings.duplicate_window)
         self._in_doubt = list(auths.values())
 
-    def _remember_request(self, auth: Authorization, now: float) -> None:
-        """The request of an open authorization, read back from the journal, lingers as a
-        timed-out one does: a resend or repeat of it is declined, never forwarded a second
-        time, and its late answer is matched (hosts that answer by station send it on the new
-        connection): an approval keeps its reversal going, or reopens it if the reversal was
-        answered "original not found" meanwhile; a decline may cancel it."""
+    def _restore_closed(self, records: Iterable[AuthorizationRecord], now: float) -> None:
+        """Authorizations closed less than ``duplicate_window`` before a restart: their
+        requests linger as in the old process, so a resend is never forwarded a second time
+        (under STAN rewrite the acquirer would take it for a new sale and approve it again).
+        A delivered or declined one's resend is answered as it was; a reversed one's is
+        declined. Delivered and declined ones are found by their terminal's reversal, as in
+        the old process; reversed ones are left to ``_restore_reversed``."""
+        for record in records:
+            if record.state not in _CLOSED_REMEMBERED:
+                continue
+            forget_at = record.updated_at + self.settings.duplicate_window
+            auth = Authorization.from_record(record)
+            if forget_at <= now or not self._can_rebuild_request(auth):
+                continue
+            auth.closed_at = record.updated_at
+            auth.identity = self._identity_of(record.reversal_fields)
+            self._next_txn_id = max(self._next_txn_id, auth.txn_id + 1)
+            if record.state is AuthState.REVERSED:
+                self._remember_request(auth, Phase.TIMED_OUT, forget_at)
+                self._closed_restored[auth.txn_id] = auth
+            else:
+                self._by_terminal.setdefault((auth.terminal_id, auth.stan), []).append(auth)
+                self._remember_request(auth, Phase.ANSWERED, forget_at)
+            auth.reversal_fields = NO_FIELDS  # as a running gateway keeps a closed one
+
+    def _can_rebuild_request(self, auth: Authorization) -> bool:
+        """Its journaled fields tell its answer and its resends: not so for one closed, then
+        reopened by its terminal's reversal (only DE 7 and the identity fields were
+        journaled), nor for one closed by a version that kept no fields."""
+        return not auth.reversal_fields.keys() <= self._kept_when_closed_set
+
+    def _remember_request(self, auth: Authorization, phase: Phase, forget_at: float) -> None:
+        """The request of an authorization read back from the journal lingers as it would
+        have in the old process.
+
+        Open (``phase`` TIMED_OUT): a resend or repeat of it is declined, never forwarded a
+        second time, and its late answer is matched (hosts that answer by station send it on
+        the new connection): an approval keeps its reversal going, or reopens it if the
+        reversal was answered "original not found" meanwhile; a decline may cancel it.
+        Answered (``phase`` ANSWERED): a resend gets its answer again, rebuilt from the
+        journaled response code and approval code (``_on_duplicate``).
+        """
         acquirer_fields = auth.reversal_fields  # DE 11 as the acquirer saw it
-        if acquirer_fields.keys() <= self._kept_when_closed_set:
-            # Closed, then reopened by its terminal's reversal: only DE 7 and the identity
-            # fields were journaled, too little to know its answer or its resends by.
-            return
         info = classify(auth.mti)
         fields = dict(acquirer_fields)  # as the terminal sent them
         restore = _NO_REPLACE
@@ -379,8 +427,8 @@ class GatewayCore:
             tpdu=auth.tpdu,
             header=auth.header,
             auth=auth,
-            phase=Phase.TIMED_OUT,
-            forget_at=now + self.settings.duplicate_window,
+            phase=phase,
+            forget_at=forget_at,
         )
         auth.pending = pending
         self._index_pending(pending)
@@ -424,7 +472,10 @@ class GatewayCore:
                 continue
             else:
                 rev = self._remembered_reversal(saved)
-            auth = Authorization.from_record(record)
+            # Its request may linger already (``_restore_closed``): one object for both.
+            auth = self._closed_restored.pop(record.txn_id, None) or Authorization.from_record(
+                record
+            )
             auth.closed_at = record.updated_at
             auth.identity = self._identity_of(record.reversal_fields)
             auth.reversal_fields = NO_FIELDS
@@ -589,8 +640,21 @@ class GatewayCore:
             auth is None or auth.state in (AuthState.DELIVERED, AuthState.DECLINED)
         ):
             outcome = "cached"
-            assert original.answer is not None
-            out.append(ForwardToTerminal(conn_id, original.answer, original.restore))
+            if original.answer is not None:
+                out.append(ForwardToTerminal(conn_id, original.answer, original.restore))
+            else:
+                # Answered before a restart: the bytes went with the old process.
+                assert auth is not None
+                outcome = "rebuilt"
+                out.append(
+                    ReplyToTerminal(
+                        conn_id,
+                        response_mti(original.mti),
+                        self._rebuilt_answer_fields(original, auth),
+                        original.tpdu,
+                        original.header,
+                    )
+                )
         else:
             # Timed out, abandoned or being reversed: the answer is the gateway's decline.
             outcome = "declined"
@@ -733,7 +797,17 @@ class GatewayCore:
         if auth is None:
             return
         if auth.state is AuthState.REVERSED:
-            if code in self.settings.approval_codes:
+            if code in self.settings.approval_codes and auth.reversal is None:
+                # Reversed before a restart, and that reversal was answered "original not
+                # found" (``_restore_reversed`` keeps no such one): this approval may hold
+                # funds, and a closed record keeps no PAN to reverse them with. Operations
+                # must hear of it, as of an approval that matches nothing.
+                data = notices.response_data(
+                    event.mti, event.fields, event.link_id, "reversed_before_restart"
+                )
+                data["may_hold"] = self._holds_if_approved(event)
+                out.append(Notify(notices.UNMATCHED_RESPONSE, data))
+            elif code in self.settings.approval_codes:
                 self._reverse_overtaken(auth, event, now, out)
             elif auth.response_code is None:
                 self._note_late_decline(auth, code, now, out)
@@ -1538,8 +1612,17 @@ class GatewayCore:
         auth.state = state
         auth.updated_at = now
         auth.closed_at = now
+        # Journaled: what finds a resend of it after a restart (``_restore_closed``) and, of a
+        # reversed one, its terminal's reversal. In memory: less (``_fields_kept_when_closed``).
+        journaled = {
+            name: value
+            for name in self._answer_fields
+            if (value := auth.reversal_fields.get(name)) is not None
+        }
         auth.reversal_fields = self._fields_kept_when_closed(auth)
-        out.append(Persist(auth.record()))
+        if state is AuthState.REVERSED:
+            journaled.update(auth.reversal_fields)
+        out.append(Persist(auth.record(journaled)))
         pending = auth.pending
         if pending is None:
             self._forget_auth_if_done(auth, now)
@@ -1635,6 +1718,16 @@ class GatewayCore:
             if not candidates:
                 del self._index[key]
 
+    def _rebuilt_answer_fields(self, pending: Pending, auth: Authorization) -> dict[str, str]:
+        """The answer to a request answered before a restart: its echo fields, the acquirer's
+        response code and approval code as journaled."""
+        fields = pending.fields
+        answer = {name: fields[name] for name in self._echo_fields if name in fields}
+        answer["39"] = auth.response_code or self.dialect.decline_code
+        if auth.approval_code:
+            answer["38"] = auth.approval_code
+        return answer
+
     def _decline_fields(self, fields: Mapping[str, str]) -> dict[str, str]:
         decline = {name: fields[name] for name in self._echo_fields if name in fields}
         decline["39"] = self.dialect.decline_code
@@ -1643,6 +1736,10 @@ class GatewayCore:
 
 # Echoed as the terminal sent them: they tell two requests with one key apart.
 _TELLING_FIELDS = ("7", "12", "13", "37")
+
+
+# Closed authorizations whose requests a restarted gateway remembers (``_restore_closed``).
+_CLOSED_REMEMBERED = frozenset({AuthState.DELIVERED, AuthState.DECLINED, AuthState.REVERSED})
 
 
 def _contradicts(request: Mapping[str, str], response: Mapping[str, str]) -> bool:

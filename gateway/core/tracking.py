@@ -118,7 +118,8 @@ class Authorization:
     closed_at: float | None = None
     timer_seq: int = 0
 
-    def record(self) -> AuthorizationRecord:
+    def record(self, fields: Mapping[str, str] | None = None) -> AuthorizationRecord:
+        """Its snapshot, journaling ``fields`` instead of ``reversal_fields`` when given."""
         # Positional: the hot path builds three of these per authorization (records.py order).
         return AuthorizationRecord(
             self.txn_id,
@@ -135,7 +136,7 @@ class Authorization:
             self.approval_code,
             self.tpdu,
             self.header,
-            self.reversal_fields,
+            self.reversal_fields if fields is None else fields,
         )
 
     @classmethod

@@ -192,6 +192,12 @@ class Journal(Protocol):
         reversal id first."""
         ...
 
+    async def load_closed_since(self, since: float) -> list[AuthorizationRecord]:
+        """Authorizations closed (DELIVERED, DECLINED, REVERSED) at or after ``since`` (unix
+        seconds), oldest txn id first: a restarted gateway still recognises a resend of one
+        for the rest of its duplicate window."""
+        ...
+
     async def next_ids(self) -> NextIds:
         """The first ids never used by a stored (or pruned) record."""
         ...

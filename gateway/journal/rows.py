@@ -58,7 +58,9 @@ def _mapping(text: str | None) -> dict[str, str]:
 
 
 def _done_fields(record: AuthorizationRecord) -> str:
-    if record.state is not AuthState.REVERSED or not record.reversal_fields:
+    """A closed authorization keeps what finds it again (a reversed one: its terminal's
+    reversal; an answered one: a resend after a restart), never card data."""
+    if not record.reversal_fields:
         return _EMPTY
     kept = {k: v for k, v in record.reversal_fields.items() if k not in CARD_DATA_FIELDS}
     return _mapping_text(kept)

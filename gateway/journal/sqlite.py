@@ -748,6 +748,18 @@ class SqliteJournal:
             if reversal.txn_id in auths
         ]
 
+    async def load_closed_since(self, since: float) -> list[AuthorizationRecord]:
+        closed = sorted(s.value for s in DONE_AUTH_STATES)
+
+        def work(conn: sqlite3.Connection) -> list[Row]:
+            return conn.execute(
+                f"{_SELECT_AUTH} WHERE state IN ({_marks(len(closed))}) AND updated_at >= ? "
+                "ORDER BY txn_id",
+                (*closed, since),
+            ).fetchall()
+
+        return [auth_from_row(row) for row in await self._side_call(work)]
+
     async def next_ids(self) -> NextIds:
         def work(conn: sqlite3.Connection) -> NextIds:
             with _transaction(conn, "BEGIN"):

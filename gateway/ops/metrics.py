@@ -60,7 +60,7 @@ REVERSAL_RESULTS = {
     notices.REVERSAL_REQUEUED: "requeued",
 }
 REVERSAL_REASONS = tuple(reason.value for reason in ReversalReason)
-UNMATCHED_REASONS = ("no_request", "not_a_response", "already_answered")
+UNMATCHED_REASONS = ("no_request", "not_a_response", "already_answered", "reversed_before_restart")
 UNDELIVERABLE_OUTCOMES = ("closed", "write_failed")
 
 # Seconds. The acquirer answers in tens to hundreds of milliseconds; the gateway's own share

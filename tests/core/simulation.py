@@ -324,7 +324,8 @@ class Simulation:
         self.violations: list[str] = []
         self.acquirer = Acquirer(self.rng, self.faults.reversal_unresolved)
         self.forwarded: dict[tuple[int, tuple[str | None, ...]], int] = {}
-        self.answers: dict[tuple[str | None, ...], str | None] = {}
+        self.forwarded_ever: set[tuple[str | None, ...]] = set()
+        self.answers: dict[tuple[int, tuple[str | None, ...]], str | None] = {}
         self.notices: dict[str, int] = {}  # what happened, by kind and outcome: coverage
         # (DE 41, DE 11) of approvals the gateway flagged as holds it cannot reverse
         self.alerted: set[tuple[str | None, str | None]] = set()
@@ -344,6 +345,8 @@ class Simulation:
         self.conns: dict[int, Terminal] = {}
         self.txn_keys: dict[int, Key] = {}
         self.delivered: dict[Key, float] = {}  # approvals a terminal received (delivery ok)
+        # DE 38 of each, by the terminal's DE 41/11/7/4
+        self.delivered_answers: dict[tuple[str | None, ...], str | None] = {}
         self.delivered_lost: set[Key] = set()  # their DELIVERED record was lost in a crash
         self.failed_reversals: list[int] = []
         self.active = True
@@ -428,6 +431,7 @@ class Simulation:
         next_txn_id: int,
         next_reversal_id: int,
         reversed_recently: Iterable[tuple[AuthorizationRecord, ReversalRecord]] = (),
+        closed_recently: Iterable[AuthorizationRecord] = (),
     ) -> GatewayCore:
         return self.core_class(
             self.dialect,
@@ -436,6 +440,7 @@ class Simulation:
             open_authorizations=auths,
             open_reversals=revs,
             reversed_recently=reversed_recently,
+            closed_recently=closed_recently,
             next_txn_id=next_txn_id,
             next_reversal_id=next_reversal_id,
             stan_seed=seed_after(
@@ -494,11 +499,16 @@ class Simulation:
                         self.violations.append(f"approval {msg.key} reached a terminal untracked")
                     if command.delivery_ref is not None and ok:
                         self.delivered.setdefault(msg.key, self.now)
+                        self.delivered_answers[_terminal_identity(fields)] = fields.get("38")
                 if command.delivery_ref is not None:
                     results.append(DeliveryResult(command.delivery_ref, ok))
             elif isinstance(command, ReplyToTerminal):
                 if command.mti[1] in "12" and command.fields.get("39") == "00":
-                    self.violations.append(f"the gateway approved by itself: {command}")
+                    # Only an approval a terminal received, answered again to its resend.
+                    identity = _terminal_identity(command.fields)
+                    approval_code = self.delivered_answers.get(identity, "")
+                    if approval_code != command.fields.get("38"):
+                        self.violations.append(f"the gateway approved by itself: {command}")
                 ok = self._to_terminal(command.conn_id, command.mti, dict(command.fields))
                 if command.delivery_ref is not None:
                     results.append(DeliveryResult(command.delivery_ref, ok))
@@ -522,9 +532,14 @@ class Simulation:
             self.violations.append(f"STAN {stan} of incarnation {first} sent again after a restart")
 
     def _count_forward(self, msg: Msg) -> None:
-        """A request is never forwarded twice (by one core: a restart forgets duplicates)."""
-        identity = tuple(msg.fields.get(k) for k in ("41", "11", "7", "4"))
-        key = (self.incarnation, identity)
+        """A request is never forwarded twice. A journaled (reversible) one: across restarts
+        too, since terminals resend within the duplicate window and a restarted core
+        remembers those requests from the journal. A balance inquiry is not journaled: a
+        restart forgets it (a second one holds nothing)."""
+        identity = _terminal_identity(msg.fields)
+        self.forwarded_ever.add(identity)
+        reversible = self.dialect.is_reversible(msg.mti[:3] + "0", msg.fields.get("3"))
+        key = (0 if reversible else self.incarnation, identity)
         self.forwarded[key] = self.forwarded.get(key, 0) + 1
         if self.forwarded[key] > 1:
             self.violations.append(f"request {identity} forwarded twice")
@@ -731,6 +746,13 @@ class Simulation:
                 and r.txn_id in auths
                 and auths[r.txn_id].state not in OPEN_AUTH_STATES
             ],
+            # what Journal.load_closed_since gives it
+            [
+                a
+                for a in auths.values()
+                if a.state not in OPEN_AUTH_STATES
+                and a.updated_at >= self.now - self.settings.duplicate_window
+            ],
         )
         self._execute(self.core.recover(self.now))
         incarnation = self.incarnation
@@ -811,8 +833,8 @@ class Simulation:
             self.at(self.now + rng.uniform(0, 7), self._hang_up, terminal, conn_id)
 
     def _resend(self, terminal: Terminal, txn: TerminalTxn) -> None:
-        if not self.active or txn.crash_epoch != self.crash_epoch or txn.reversed:
-            return  # across a restart a resend is a new sale: terminals reverse instead
+        if not self.active or txn.reversed:
+            return
         if self.rng.random() < self.faults.duplicate_on_new_conn and terminal.conn is not None:
             terminal.conn = None  # leaves the old connection open, talks on a new one
         mti = txn.mti if self.rng.random() < 0.5 else txn.mti[:3] + "1"
@@ -879,9 +901,10 @@ class Simulation:
             return
         code = fields.get("39")
         identity = (terminal.terminal_id, fields.get("11"), fields.get("7"), fields.get("4"))
-        if (self.incarnation, identity) in self.forwarded:
-            # Once a request went upstream, every answer the terminal gets for it agrees.
-            first = self.answers.setdefault(identity, code)
+        if identity in self.forwarded_ever:
+            # Once a request went upstream, every answer the terminal gets for it from one
+            # process agrees (across a crash, a lost DELIVERED record turns it in doubt).
+            first = self.answers.setdefault((self.incarnation, identity), code)
             if first != code:
                 self.violations.append(f"terminal got {first} then {code} for {identity}")
         txn = terminal.txn
@@ -973,6 +996,12 @@ class Simulation:
 
 def _pan(terminal_id: str) -> str:
     return "47617390" + terminal_id[-7:].rjust(8, "0")
+
+
+def _terminal_identity(fields: Mapping[str, str]) -> tuple[str | None, ...]:
+    """A request as its terminal knows it (DE 11 is the terminal's own, under STAN rewrite
+    too), and its answers: DE 41, 11, 7, 4."""
+    return tuple(fields.get(k) for k in ("41", "11", "7", "4"))
 
 
 def _brief(command: Command) -> str:

@@ -92,6 +92,36 @@ async def test_after_a_restart_a_resend_of_an_in_doubt_request_is_declined_not_s
     assert all(hold.duplicate_reversals == 0 for hold in stack.holds())
 
 
+async def test_after_a_restart_a_resend_of_a_delivered_approval_is_approved_again_not_sent(
+    make_stack: StackFactory,
+) -> None:
+    """The terminal missed the approval the old process delivered and resends after the
+    restart. Under STAN rewrite the acquirer would take a second 0200 for a new sale: two
+    holds for one purchase. The new process answers it from the journal instead."""
+    stack = await make_stack(**{"acquirer.stan_mode": "rewrite"})
+    await stack.links_up()
+    terminal = await stack.terminal()
+    request = auth(62)
+    first = await terminal.send("0200", request)
+    assert first is not None and first.get("39") == "00"
+    await stack.restart_gateway()
+    await stack.links_up()
+    again = await stack.terminal()
+    for mti in ("0200", "0201"):
+        resent = await again.send(mti, request)
+        assert resent is not None and resent.mti == "0210"
+        assert [resent.get(k) for k in ("39", "38", "11", "4", "41")] == [
+            "00", first.get("38"), request["11"], request["4"], request["41"],
+        ]  # fmt: skip
+        assert resent.get("2") is None  # a rebuilt answer carries no PAN
+    assert stack.requests_seen("0200") == 1 and stack.requests_seen("0201") == 0
+    assert len(stack.holds()) == 1
+    assert [d.get("outcome") for k, d in events(stack).events if k == "duplicate_request"] == [
+        "rebuilt",
+        "rebuilt",
+    ]
+
+
 def test_saf_retry_needs_ids_or_all_failed(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["saf", "retry", "--journal", str(tmp_path / "j.sqlite3")])
     assert result.exit_code == 2 and "--all-failed" in result.output

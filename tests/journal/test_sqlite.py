@@ -508,6 +508,32 @@ async def test_an_idle_journal_empties_its_wal(
     assert PAN.encode() not in journal_path.read_bytes()  # secure_delete: zeroed there too
 
 
+async def test_load_closed_since_returns_recently_closed_authorizations_without_card_data(
+    journal: SqliteJournal, journal_path: Path
+) -> None:
+    """A restarted gateway recognises the resend of a request closed within the duplicate
+    window: closed records keep the fields that find it, never the PAN or expiry date."""
+    fields = {"2": PAN, "14": "2512", "7": "0908064519", "11": "000501", "12": "064519"}
+    journal.put(make_auth(1, AuthState.DELIVERED, updated_at=T0 + 100, reversal_fields=fields))
+    journal.put(make_auth(2, AuthState.DECLINED, updated_at=T0 + 100, reversal_fields=fields))
+    journal.put(make_auth(3, AuthState.REVERSED, updated_at=T0 + 100, reversal_fields=fields))
+    journal.put(make_auth(4, AuthState.DELIVERED, updated_at=T0 + 10, reversal_fields=fields))
+    journal.put(make_auth(5, AuthState.APPROVED, updated_at=T0 + 100))  # open: load_open's
+    await journal.flush()
+    found = await journal.load_closed_since(T0 + 50)
+    assert [(a.txn_id, a.state) for a in found] == [
+        (1, AuthState.DELIVERED),
+        (2, AuthState.DECLINED),
+        (3, AuthState.REVERSED),
+    ]
+    assert all(
+        dict(a.reversal_fields) == {"7": "0908064519", "11": "000501", "12": "064519"}
+        for a in found
+    )
+    rows = raw_rows(journal_path, "SELECT txn_id, reversal_fields FROM authorizations")
+    assert [txn_id for txn_id, text in rows if PAN in text or "2512" in text] == [5]
+
+
 async def test_load_reversed_since_returns_reversed_originals_without_card_data(
     journal: SqliteJournal, journal_path: Path
 ) -> None:
@@ -536,4 +562,7 @@ async def test_load_reversed_since_returns_reversed_originals_without_card_data(
     assert len(await journal.load_reversed_since(T0)) == 3
     rows = raw_rows(journal_path, "SELECT txn_id, reversal_fields FROM authorizations")
     assert not [txn_id for txn_id, fields in rows if PAN in fields and txn_id != 1003]
-    assert [fields for txn_id, fields in rows if txn_id == 1004] == ["{}"]
+    # a declined one keeps what finds its resend after a restart, never card data (DE 2, 14)
+    assert [fields for txn_id, fields in rows if txn_id == 1004] == [
+        '{"7":"0908064519","42":"MERCHANT0000001"}'
+    ]

@@ -71,8 +71,9 @@ def all_logs() -> Iterator[io.StringIO]:
     root.setLevel(level)
 
 
-async def run_every_scenario(stack: Stack) -> dict[str, str]:
-    """Returns the sale the gateway reversed on its own (acquirer timeout)."""
+async def run_every_scenario(stack: Stack) -> tuple[dict[str, str], dict[str, str]]:
+    """Returns the sale the gateway reversed on its own (acquirer timeout) and an approved
+    one, with DE 2."""
     terminal = await stack.terminal()
 
     async def answer(fields: dict[str, str], mti: str = "0200") -> str | None:
@@ -111,7 +112,7 @@ async def run_every_scenario(stack: Stack) -> dict[str, str]:
         what="the undeliverable approval",
     )
     await stack.no_reversals_open()
-    return timed_out
+    return timed_out, with_pan
 
 
 @pytest.mark.services
@@ -132,7 +133,7 @@ async def test_no_card_secret_in_logs_or_mqtt_payloads(
             await publisher.start()
             await stack.simulator.resume()
             await stack.links_up()
-            timed_out = await run_every_scenario(stack)
+            timed_out, approved = await run_every_scenario(stack)
             terminal = await stack.terminal()
             held = card_present(12, "TERMHELD")
             answer = await terminal.send("0200", held, timeout=3.0)
@@ -148,6 +149,9 @@ async def test_no_card_secret_in_logs_or_mqtt_payloads(
             assert answer is not None and answer.get("39") == "00"
             resent = await terminal.send("0200", held, timeout=3.0)
             assert resent is not None and resent.get("39") == "91" and resent.get("2") is None
+            # A delivered approval's resend: its answer rebuilt from the journal, no PAN.
+            rebuilt = await terminal.send("0200", approved, timeout=3.0)
+            assert rebuilt is not None and rebuilt.get("39") == "00" and rebuilt.get("2") is None
             await publisher.stop()  # publishes what is queued, then offline
             await subscriber.wait_for(
                 lambda: any(s["status"] == "offline" for s, _ in subscriber.statuses()),
@@ -177,6 +181,7 @@ async def test_no_card_secret_in_logs_or_mqtt_payloads(
         ("reversal_acknowledged", None),
         ("terminal_reversal", "answered"),  # after the restart
         ("duplicate_request", "declined"),  # the in-doubt request's resend, after it
+        ("duplicate_request", "rebuilt"),  # a delivered approval's resend, after it
     ]:
         assert expected in logged, f"{expected} was not logged"
     assert any('"logger":"aiomqtt"' in line for line in logs.splitlines())

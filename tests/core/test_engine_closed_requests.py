@@ -111,15 +111,21 @@ def test_a_resend_of_a_reversed_request_is_declined_and_its_history_kept() -> No
     assert notices(out, "terminal_reversal")[0].data["outcome"] == "answered"
 
 
-def test_under_stan_rewrite_the_answer_carries_the_terminals_stan() -> None:
+def delivered_under_stan_rewrite_then_restart(request: dict[str, str]) -> tuple[Harness, str]:
+    """``request`` is approved and delivered under STAN rewrite, then the gateway restarts;
+    returns the new process and the STAN the acquirer saw."""
     rules = settings(stan_mode="rewrite")
     h = Harness(rules)
-    request = sale("000042")
     [forward] = forwards(h.request(request))
     acquirer_stan = forward.replace["11"]
     delivery = to_terminal(h.respond(answer({**request, "11": acquirer_stan})))
     h.delivered(delivery[0].delivery_ref)
-    fresh = restart(h, settings=rules)
+    return restart(h, settings=rules), acquirer_stan
+
+
+def test_under_stan_rewrite_the_answer_carries_the_terminals_stan() -> None:
+    request = sale("000042")
+    fresh, acquirer_stan = delivered_under_stan_rewrite_then_restart(request)
     [reply] = replies(fresh.request(request, conn=7))
     assert reply.fields["11"] == "000042" and reply.fields["39"] == "00"
     # The acquirer repeating its answer holds nothing more: no alert.
@@ -132,14 +138,8 @@ def test_under_stan_rewrite_the_answer_carries_the_terminals_stan() -> None:
 
 
 def test_a_terminals_reversal_of_a_delivered_sale_names_the_stan_the_acquirer_saw() -> None:
-    rules = settings(stan_mode="rewrite")
-    h = Harness(rules)
     request = sale("000042")
-    [forward] = forwards(h.request(request))
-    acquirer_stan = forward.replace["11"]
-    delivery = to_terminal(h.respond(answer({**request, "11": acquirer_stan})))
-    h.delivered(delivery[0].delivery_ref)
-    fresh = restart(h, settings=rules)
+    fresh, acquirer_stan = delivered_under_stan_rewrite_then_restart(request)
     out = fresh.request(terminal_reversal(request), conn=8, mti="0400")
     [upstream] = forwards(out)
     assert upstream.replace["90"][4:10] == acquirer_stan

@@ -208,11 +208,20 @@ class GatewayCore:
         self._lingering = 0
         self._open_auths = 0
         self._in_doubt: list[Authorization] = []
-        self._restore(open_authorizations, open_reversals, now)
-        self._closed_restored: dict[int, Authorization] = {}  # reversed, request lingering
-        self._restore_closed(closed_recently, now)
-        self._restore_reversed(reversed_recently, now)
-        self._closed_restored.clear()
+        # Restart: the journal's authorizations, open and recently closed, their requests
+        # rebuilt oldest first (as they came in: the newest of two sharing a key wins, as in
+        # the old process), then the reversed ones' history.
+        requests: list[tuple[Authorization, Phase, float]] = []
+        closed: dict[int, Authorization] = {}
+        self._restore(open_authorizations, open_reversals, now, requests)
+        self._restore_closed(closed_recently, now, requests, closed)
+        for auth, phase, forget_at in sorted(requests, key=lambda item: item[0].txn_id):
+            self._remember_request(auth, phase, forget_at)
+            if auth.closed_at is not None:
+                auth.reversal_fields = NO_FIELDS  # as a running gateway keeps a closed one
+        self._restore_reversed(reversed_recently, now, closed)
+        for candidates in self._by_terminal.values():  # newest last: found first
+            candidates.sort(key=_txn_id)
 
     # the API the shell calls ------------------------------------------------------------------
 
@@ -307,6 +316,7 @@ class GatewayCore:
         authorizations: Iterable[AuthorizationRecord],
         reversals: Iterable[ReversalRecord],
         now: float,
+        requests: list[tuple[Authorization, Phase, float]],
     ) -> None:
         auths: dict[int, Authorization] = {}
         for record in authorizations:
@@ -350,16 +360,23 @@ class GatewayCore:
                 self._park(rev)
         for auth in auths.values():
             if self._can_rebuild_request(auth):
-                self._remember_request(auth, Phase.TIMED_OUT, now + self.settings.duplicate_window)
+                requests.append((auth, Phase.TIMED_OUT, now + self.settings.duplicate_window))
         self._in_doubt = list(auths.values())
 
-    def _restore_closed(self, records: Iterable[AuthorizationRecord], now: float) -> None:
+    def _restore_closed(
+        self,
+        records: Iterable[AuthorizationRecord],
+        now: float,
+        requests: list[tuple[Authorization, Phase, float]],
+        closed: dict[int, Authorization],
+    ) -> None:
         """Authorizations closed less than ``duplicate_window`` before a restart: their
         requests linger as in the old process, so a resend is never forwarded a second time
         (under STAN rewrite the acquirer would take it for a new sale and approve it again).
         A delivered or declined one's resend is answered as it was; a reversed one's is
         declined. Delivered and declined ones are found by their terminal's reversal, as in
-        the old process; reversed ones are left to ``_restore_reversed``."""
+        the old process; reversed ones are left to ``_restore_reversed`` (``closed``: one
+        object per authorization for both)."""
         for record in records:
             if record.state not in _CLOSED_REMEMBERED:
                 continue
@@ -370,13 +387,16 @@ class GatewayCore:
             auth.closed_at = record.updated_at
             auth.identity = self._identity_of(record.reversal_fields)
             self._next_txn_id = max(self._next_txn_id, auth.txn_id + 1)
+            closed[auth.txn_id] = auth
             if record.state is AuthState.REVERSED:
-                self._remember_request(auth, Phase.TIMED_OUT, forget_at)
-                self._closed_restored[auth.txn_id] = auth
-            else:
-                self._by_terminal.setdefault((auth.terminal_id, auth.stan), []).append(auth)
-                self._remember_request(auth, Phase.ANSWERED, forget_at)
-            auth.reversal_fields = NO_FIELDS  # as a running gateway keeps a closed one
+                requests.append((auth, Phase.TIMED_OUT, forget_at))
+                continue
+            # The closing record's DE 4 is the amount approved (``_closed_record_fields``).
+            approved = record.reversal_fields.get("4")
+            if approved != auth.amount:
+                auth.approved_amount = approved
+            self._by_terminal.setdefault((auth.terminal_id, auth.stan), []).append(auth)
+            requests.append((auth, Phase.ANSWERED, forget_at))
 
     def _can_rebuild_request(self, auth: Authorization) -> bool:
         """Its journaled fields tell its answer and its resends: not so for one closed, then
@@ -398,6 +418,8 @@ class GatewayCore:
         acquirer_fields = auth.reversal_fields  # DE 11 as the acquirer saw it
         info = classify(auth.mti)
         fields = dict(acquirer_fields)  # as the terminal sent them
+        if auth.amount is not None:
+            fields["4"] = auth.amount  # a closed one journaled the amount approved
         restore = _NO_REPLACE
         if auth.stan is not None:
             fields["11"] = auth.stan
@@ -412,7 +434,7 @@ class GatewayCore:
             # The decline of a resend echoes no PAN: the journaled one may have come from
             # track 2, and a decline must not carry a PAN the terminal's message did not.
             fields=EchoFields(
-                self._echo_fields, {k: fields[k] for k in fields.keys() - PAN_FIELDS}
+                self._answer_fields, {k: fields[k] for k in fields.keys() - PAN_FIELDS}
             ),
             conns=[],
             link_id=_NO_LINK,
@@ -436,7 +458,10 @@ class GatewayCore:
         self._timers.arm(pending, pending.forget_at)
 
     def _restore_reversed(
-        self, reversed_recently: Iterable[tuple[AuthorizationRecord, ReversalRecord]], now: float
+        self,
+        reversed_recently: Iterable[tuple[AuthorizationRecord, ReversalRecord]],
+        now: float,
+        closed: dict[int, Authorization],
     ) -> None:
         """Closed originals with a reversal, as a running gateway remembers them, so that a
         terminal's own reversal of one is never sent upstream as a second reversal:
@@ -447,7 +472,6 @@ class GatewayCore:
           reversal's): it was restored without its original; tied again, the terminal's
           reversal merges with it.
         """
-        touched: set[tuple[str | None, str | None]] = set()
         for record, saved in reversed_recently:
             if (
                 record.state in OPEN_AUTH_STATES
@@ -472,23 +496,27 @@ class GatewayCore:
                 continue
             else:
                 rev = self._remembered_reversal(saved)
-            # Its request may linger already (``_restore_closed``): one object for both.
-            auth = self._closed_restored.pop(record.txn_id, None) or Authorization.from_record(
-                record
-            )
-            auth.closed_at = record.updated_at
-            auth.identity = self._identity_of(record.reversal_fields)
-            auth.reversal_fields = NO_FIELDS
+            auth = closed.get(record.txn_id)  # its request lingers (``_restore_closed``)
+            # ``_restore_closed`` lists the delivered and declined ones it remembers.
+            listed = auth is not None and auth.state is not AuthState.REVERSED
+            if auth is None:
+                auth = Authorization.from_record(record)
+                auth.closed_at = record.updated_at
+                auth.identity = self._identity_of(record.reversal_fields)
+                auth.reversal_fields = NO_FIELDS
+            if not listed:
+                self._by_terminal.setdefault((auth.terminal_id, auth.stan), []).append(auth)
+            if auth.state is not AuthState.REVERSED and saved.state in _MERGEABLE:
+                # Delivered or declined, and its terminal's reversal open: the crash kept that
+                # reversal's record, not the authorization's REVERSING one. It is open again
+                # (``recover`` journals it), and a resend of it is declined, not answered.
+                auth.closed_at = None
+                self._open_auths += 1
+                auth.reversal_fields = dict(record.reversal_fields)  # no card data
+                self._in_doubt.append(auth)
             auth.reversal = rev
             rev.auth = auth
-            key = (auth.terminal_id, auth.stan)
-            self._by_terminal.setdefault(key, []).append(auth)
-            touched.add(key)
             self._forget_auth_if_done(auth, now)  # an acknowledged one: end of history_window
-        for key in touched:  # oldest first, as they came in: the newest is found first
-            candidates = self._by_terminal.get(key)
-            if candidates is not None:
-                candidates.sort(key=_txn_id)
 
     def _remembered_reversal(self, saved: ReversalRecord) -> Reversal:
         """An acknowledged reversal, for its original's history: never sent or matched again."""
@@ -770,6 +798,10 @@ class GatewayCore:
             auth.updated_at = now
             auth.response_code = code
             self._keep_approval_code(auth, event)
+            if code != "00":  # "10": a partial approval names the amount it approves
+                amount = event.fields.get("4")
+                if amount is not None and amount not in (auth.amount, UNREADABLE):
+                    auth.approved_amount = amount
             out.append(Persist(auth.record()))
             for conn_id in conns:
                 self._deliver(auth, conn_id, pending, out)
@@ -845,11 +877,13 @@ class GatewayCore:
         rev = auth.reversal
         if rev is not None and rev.reopenable:
             self._drop_reopenable(rev)
-        if auth.closed_at is not None:  # reversed: what it kept for a reopen goes
-            auth.reversal_fields = self._fields_kept_when_closed(auth)
         auth.response_code = code
         auth.updated_at = now
-        out.append(Persist(auth.record()))
+        if auth.closed_at is None:
+            out.append(Persist(auth.record()))
+        else:  # reversed: what it kept for a reopen goes
+            auth.reversal_fields = self._fields_kept_when_closed(auth)
+            out.append(Persist(auth.record(self._closed_record_fields(auth))))
 
     def _reverse_overtaken(
         self, auth: Authorization, event: AcquirerResponse, now: float, out: list[Command]
@@ -1298,8 +1332,12 @@ class GatewayCore:
             self._open_auths += 1
             if not auth.reversal_fields:
                 # They went when it closed (the reversal has its own); what ties a terminal's
-                # reversal to it after a restart is journaled again.
-                auth.reversal_fields = self._identity_fields_of(auth)
+                # reversal to it after a restart, and what finds its resends while its request
+                # lingers, is journaled again.
+                auth.reversal_fields = {
+                    **self._identity_fields_of(auth),
+                    **self._closed_record_fields(auth),
+                }
         auth.state = AuthState.REVERSING
         auth.updated_at = now
         out.append(Persist(auth.record()))
@@ -1612,22 +1650,39 @@ class GatewayCore:
         auth.state = state
         auth.updated_at = now
         auth.closed_at = now
-        # Journaled: what finds a resend of it after a restart (``_restore_closed``) and, of a
-        # reversed one, its terminal's reversal. In memory: less (``_fields_kept_when_closed``).
-        journaled = {
-            name: value
-            for name in self._answer_fields
-            if (value := auth.reversal_fields.get(name)) is not None
-        }
         auth.reversal_fields = self._fields_kept_when_closed(auth)
-        if state is AuthState.REVERSED:
-            journaled.update(auth.reversal_fields)
-        out.append(Persist(auth.record(journaled)))
+        out.append(Persist(auth.record(self._closed_record_fields(auth))))
         pending = auth.pending
         if pending is None:
             self._forget_auth_if_done(auth, now)
         elif pending.phase is not Phase.AWAITING and not pending.timer_seq:
             self._timers.arm(pending, max(now, pending.forget_at))
+
+    def _closed_record_fields(self, auth: Authorization) -> Mapping[str, str]:
+        """What the journal keeps of a closed authorization (never card data): while its
+        request lingers, what finds a resend of it after a restart (``_restore_closed``): the
+        request's match, duplicate and echo fields, DE 11 as the acquirer saw it, DE 4 as
+        approved; and, of a reversed one, what ties its terminal's reversal
+        (``_fields_kept_when_closed``)."""
+        kept = self._fields_kept_when_closed(auth)
+        pending = auth.pending
+        if pending is None:
+            return kept
+        fields = pending.fields
+        if isinstance(fields, EchoFields):  # settled: kept by the names of _answer_fields
+            journaled = fields.to_dict()
+        else:  # still awaiting its answer: the terminal's fields, card data among them
+            journaled = {
+                name: value
+                for name in self._answer_fields
+                if (value := fields.get(name)) is not None
+            }
+        if "11" in journaled and pending.acquirer_stan is not None:
+            journaled["11"] = pending.acquirer_stan
+        if auth.approved_amount is not None:
+            journaled["4"] = auth.approved_amount
+        journaled.update(kept)
+        return journaled
 
     def _fields_kept_when_closed(self, auth: Authorization) -> Mapping[str, str]:
         """The reversal fields (the PAN among them) go. Of a reversed original, DE 7 and the
@@ -1679,7 +1734,7 @@ class GatewayCore:
             waits = self._conn_waits.get(conn_id)
             if waits is not None:
                 waits.pop(pending, None)
-        pending.fields = EchoFields(self._echo_fields, pending.fields)
+        pending.fields = EchoFields(self._answer_fields, pending.fields)
         pending.forget_at = now + self.settings.duplicate_window
         if not pending.timer_seq:
             self._timers.arm(pending, pending.forget_at)
@@ -1726,6 +1781,8 @@ class GatewayCore:
         answer["39"] = auth.response_code or self.dialect.decline_code
         if auth.approval_code:
             answer["38"] = auth.approval_code
+        if auth.approved_amount is not None:
+            answer["4"] = auth.approved_amount
         return answer
 
     def _decline_fields(self, fields: Mapping[str, str]) -> dict[str, str]:

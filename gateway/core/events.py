@@ -35,10 +35,11 @@ REVERSAL_DATA = ("56", "90", "95")
 RESPONSE_FIELDS = ("11", "38", "39", "41")
 # ... and on rarer paths: DE 7/12/13/37 as echoed (they tell apart two requests with one key: a
 # STAN reused while the first one's answer was late), DE 37 in the notice of a late or
-# unmatched answer, DE 3 (an unmatched approval of a balance inquiry holds nothing). The shell
+# unmatched answer, DE 3 (an unmatched approval of a balance inquiry holds nothing), DE 4 of an
+# approval other than "00" (a partial approval, "10", approves the amount it names). The shell
 # may decode these when they are read; one it cannot decode it hands the core as UNREADABLE.
 # The shell must hand all of them: a field missing here silently turns a check off.
-RESPONSE_FIELDS_LATER = ("3", "7", "12", "13", "37")
+RESPONSE_FIELDS_LATER = ("3", "4", "7", "12", "13", "37")
 # What the shell hands for one of those it cannot decode: present, equal to no value a field
 # can carry (a NUL first), so that it never agrees with anything.
 UNREADABLE = "\x00unreadable"

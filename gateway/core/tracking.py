@@ -55,6 +55,10 @@ class EchoFields(Mapping[str, str]):
     def __len__(self) -> int:
         return sum(value is not None for value in self._values)
 
+    def to_dict(self) -> dict[str, str]:
+        pairs = zip(self._names, self._values, strict=True)
+        return {name: value for name, value in pairs if value is not None}
+
 
 class Phase(Enum):
     AWAITING = "awaiting"  # forwarded, no answer yet
@@ -109,6 +113,8 @@ class Authorization:
     reversal_fields: Mapping[str, str]
     response_code: str | None = None
     approval_code: str | None = None
+    # DE 4 of an approval that names another amount than the request's (partial approval)
+    approved_amount: str | None = None
     pending: Pending | None = None
     reversal: Reversal | None = None
     deliveries: dict[int, None] = field(default_factory=dict)  # refs not yet reported

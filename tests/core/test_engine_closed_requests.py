@@ -13,8 +13,14 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
-from gateway.core.commands import Command
-from gateway.core.records import OPEN_AUTH_STATES, AuthorizationRecord, AuthState
+from gateway.core.commands import Command, Persist
+from gateway.core.records import (
+    OPEN_AUTH_STATES,
+    AuthorizationRecord,
+    AuthState,
+    ReversalRecord,
+    ReversalState,
+)
 
 from .helpers import (
     PAN,
@@ -32,7 +38,7 @@ from .helpers import (
     to_terminal,
 )
 from .test_engine_recovery import journal, latest, reversed_recently
-from .test_engine_terminal_reversal import terminal_reversal
+from .test_engine_terminal_reversal import cup_reversal, terminal_reversal
 
 WINDOW = 60.0  # CoreSettings().duplicate_window
 
@@ -182,3 +188,169 @@ def test_an_approval_of_an_original_reversed_not_found_before_the_restart_is_ale
     assert not to_terminal(out) and not sent_reversals(out)
     [alert] = notices(out, "unmatched_response")
     assert alert.data["reason"] == "reversed_before_restart" and alert.data["may_hold"]
+
+
+# Findings of a review (restarts with a sale in doubt beside a closed one, partial approvals,
+# a restart twice, a crash between two records of one step).
+
+APPROVALS = settings().approval_codes
+
+
+def _delivered_then_same_stan_in_flight(h: Harness) -> tuple[dict[str, str], dict[str, str]]:
+    """txn 1 approved and delivered; txn 2, a new sale by the same terminal with the same STAN
+    and amount (new DE 7/12), is in flight when the process dies."""
+    first = sale("000001")
+    h.approve(first)
+    second = sale("000001", de7="0908064530", de12="064530")
+    assert forwards(h.request(second, conn=2))  # another sale: forwarded (as the commit's test)
+    return first, second
+
+
+def test_repeat_of_the_sale_in_doubt_is_not_given_the_approval_of_an_older_closed_one() -> None:
+    """Old process: the repeat (0201, new DE 7) of txn 2 finds txn 2 (the newest request with
+    that DE 41 + DE 11) and is declined while txn 2 is being reversed. After the restart the
+    closed txn 1 is indexed after the open txn 2 and wins ``_by_repeat``: the terminal gets
+    txn 1's approval for txn 2, hands the goods over, and txn 2 is reversed."""
+    h = Harness()
+    _, second = _delivered_then_same_stan_in_flight(h)
+    fresh = restart(h)  # txn 2 in doubt: its reversal is owed
+    repeat = {**second, "7": "0908064545"}  # a repeat carries a new transmission time
+    out = fresh.request(repeat, conn=7, mti="0201")
+    assert not forwards(out)
+    [reply] = replies(out)
+    [seen] = notices(out, "duplicate_request")
+    assert seen.data["txn_id"] == 2
+    assert reply.fields["39"] not in APPROVALS
+
+
+def test_terminal_reversal_without_de90_after_restart_ties_to_the_newest_original() -> None:
+    """``_find_original`` walks ``_by_terminal`` newest first. ``_restore`` appends the open
+    txn 2, ``_restore_closed`` then appends the older closed txn 1 (nothing sorts them), so a
+    CUP-style 0400 (DE 41 + DE 11 + DE 4, no DE 90) is tied to the DELIVERED txn 1 and
+    forwarded as its reversal (releasing a completed sale) instead of merging with txn 2's
+    in-doubt reversal: two reversals upstream for one terminal reversal."""
+    h = Harness()
+    _, second = _delivered_then_same_stan_in_flight(h)
+    fresh = restart(h)
+    out = fresh.request(cup_reversal(second), conn=8, mti="0400")
+    [seen] = notices(out, "terminal_reversal")
+    assert seen.data["txn_id"] == 2
+    assert seen.data["outcome"] == "merged"
+    assert not forwards(out)
+
+
+def test_rebuilt_partial_approval_does_not_claim_the_requested_amount() -> None:
+    """DE 39 ``10`` (partial approval, one of ``approval_codes``): the acquirer's DE 4 is the
+    amount approved. Rebuilt with the request's DE 4, the answer would tell the terminal the
+    full amount was approved (the old process's cached bytes carried the acquirer's DE 4)."""
+    h = Harness()
+    request = sale()
+    h.request(request)
+    [delivery] = to_terminal(h.respond(answer(request, "10", de4="000000000500", de38="P12345")))
+    h.delivered(delivery.delivery_ref)
+    fresh = restart(h)
+    [reply] = replies(fresh.request(request, conn=7))
+    assert reply.fields["39"] == "10"
+    assert reply.fields["4"] == "000000000500", "partial approval rebuilt with the full amount"
+
+
+def _cut_before_reversal_acknowledged(log: list[Command]) -> list[Command]:
+    """The journal kept a prefix: the original's REVERSED record but not its reversal's
+    ACKNOWLEDGED one (an authorization is closed before its reversal)."""
+    for i, command in enumerate(log):
+        record = getattr(command, "record", None)
+        if isinstance(record, ReversalRecord) and record.state is ReversalState.ACKNOWLEDGED:
+            return log[:i]
+    raise AssertionError("no acknowledged reversal")
+
+
+def test_second_restart_still_remembers_a_request_reversed_after_the_first() -> None:
+    """Restart 1 finds a REVERSED original whose reversal is still open (crash between the two
+    records); the reversal goes again and is acknowledged, and ``_close_auth`` journals the
+    original again from ``reversal_fields`` that ``_restore_closed`` emptied: only DE 7 and the
+    identity fields. Restart 2, within the window: the request is no longer rebuilt and the
+    terminal's repeat goes upstream (under STAN rewrite: a new sale)."""
+    h = Harness()
+    request = sale()
+    h.request(request)
+    [sent] = sent_reversals(h.advance(15))
+    h.respond(reversal_answer(sent, "00"), mti="0410")
+    h.log[:] = _cut_before_reversal_acknowledged(h.log)
+    first = restart(h)
+    out = first.request(request, conn=7, mti="0201")  # remembered after restart 1
+    assert not forwards(out)
+    [again] = sent_reversals(first.advance(1))
+    first.respond(reversal_answer(again, "00"), mti="0410")
+    closing = [
+        c.record
+        for c in first.log
+        if isinstance(c, Persist) and getattr(c.record, "state", None) is AuthState.REVERSED
+    ]
+    assert closing, "the original is journaled again when its reversal is acknowledged"
+    second = _restart_on(h.log + first.log, first)
+    out = second.request(request, conn=9, mti="0201")
+    assert not forwards(out), "a repeat of a reversed request forwarded after a second restart"
+
+
+def test_restart_still_remembers_a_reversed_request_after_its_late_decline() -> None:
+    """Same loss through ``_note_late_decline``: the original's late decline re-journals the
+    REVERSED record with DE 7 and the identity fields only."""
+    h = Harness()
+    request = sale()
+    h.request(request)
+    [sent] = sent_reversals(h.advance(15))
+    h.respond(reversal_answer(sent, "00"), mti="0410")
+    h.respond(answer(request, "05"))  # the original's late decline
+    fresh = restart(h)
+    out = fresh.request(request, conn=9, mti="0201")
+    assert not forwards(out), "a repeat of a reversed request forwarded after a restart"
+
+
+def _restart_on(log: list[Command], h: Harness) -> Harness:
+    """Restart from the whole journal history ``log`` (both incarnations), 5 s after ``h``."""
+    carrier = Harness(links=(), now=h.now)
+    carrier.log = log
+    return restart(carrier)
+
+
+def test_repeat_of_the_sale_in_doubt_is_not_forwarded_once_the_older_closed_one_is_forgotten() -> (
+    None
+):
+    """Same root cause, other side: txn 1 (restored after txn 2) took txn 2's ``_by_repeat``
+    entry, and forgetting txn 1 at the end of its window deletes it. txn 2 is still being
+    reversed, yet its repeat is forwarded upstream: a second forward of one sale."""
+    h = Harness()
+    _, second = _delivered_then_same_stan_in_flight(h)
+    fresh = restart(h)
+    fresh.run_until(fresh.now + 70)  # txn 1's window is over; txn 2's reversal still unanswered
+    assert fresh.core.stats()["authorizations_open"] == 1
+    repeat = {**second, "7": "0908064645"}
+    out = fresh.request(repeat, conn=7, mti="0201")
+    assert not forwards(out), "the repeat of a sale being reversed was forwarded again"
+
+
+def test_resend_of_a_delivered_sale_whose_terminal_reversal_was_open_at_restart_is_declined() -> (
+    None
+):
+    """The terminal reversed its delivered sale (0400 forwarded); the journal kept the new
+    reversal (OWED) but not yet the original's REVERSING record (a reversal is journaled
+    before its authorization turns REVERSING). After the restart ``_restore_closed`` rebuilds
+    the DELIVERED request (reversal None) and ``_restore_reversed`` ties the open reversal to a
+    second Authorization object for the same txn. A resend of the sale then gets the approval
+    rebuilt, although the sale is being reversed: goods handed over, payment released. The old
+    process declined it (its authorization was REVERSING)."""
+    h = Harness()
+    request = sale()
+    h.approve(request)
+    h.request(terminal_reversal(request), conn=8, mti="0400")
+    cut = next(
+        i
+        for i, c in enumerate(h.log)
+        if isinstance(c, Persist) and getattr(c.record, "state", None) is AuthState.REVERSING
+    )
+    h.log[:] = h.log[:cut]
+    fresh = restart(h)
+    out = fresh.request(request, conn=7)
+    assert not forwards(out)
+    [reply] = replies(out)
+    assert reply.fields["39"] not in APPROVALS, "approval rebuilt for a sale being reversed"

@@ -181,15 +181,18 @@ def test_the_decline_of_a_resend_after_a_restart_carries_no_pan_the_terminal_nev
     assert "2" not in decline.fields and decline.fields["11"] == request["11"]
 
 
-def test_a_reopened_original_journaled_with_its_identity_only_is_not_rebuilt() -> None:
-    """A delivered approval its terminal then reversed: open again, but journaled with DE 7
-    and the identity fields only, too little for a request that could match anything (found
-    by review: it lingered, matching nothing). Its reversal is still tied after a restart."""
+def test_a_delivered_approval_its_terminal_reversed_is_still_known_after_a_restart() -> None:
+    """Open again (its terminal's reversal), and journaled with what finds its request (no
+    card data): after a restart a resend of the sale is declined, not forwarded, and the
+    terminal's repeat of its reversal merges with the reversal."""
     h = Harness()
     request = sale()
     h.approve(request)
     h.request(terminal_reversal(request), conn=1, mti="0400")
+    [reopened] = [a for a in auth_records(h.log) if a.state is AuthState.REVERSING]
+    assert "2" not in reopened.reversal_fields
     fresh, _ = restart(h)
-    assert fresh.core.stats()["lingering"] == 0
+    out = fresh.request(request, conn=4)
+    assert not forwards(out) and replies(out)[0].fields["39"] == "91"
     out = fresh.request(terminal_reversal(request), conn=5, mti="0401")
     assert notices(out, "terminal_reversal")[0].data["outcome"] == "merged"

@@ -285,6 +285,8 @@ class GatewayService:
         for command in commands:
             if isinstance(command, Persist):
                 self._last_persist_seq = self.journal.put(command.record)
+                if command.urgent:
+                    self.journal.request_commit()
             elif isinstance(command, ForwardToAcquirer):
                 frame = self._replaced(command.frame, command.replace)
                 if frame is not None:

@@ -18,9 +18,13 @@ from gateway.wire.snapshot import snapshot
 
 @snapshot
 class Persist:
-    """Store this snapshot in the journal (it supersedes earlier snapshots of the same id)."""
+    """Store this snapshot in the journal (it supersedes earlier snapshots of the same id).
+
+    ``urgent``: commit it now, not with the next batch, though no send waits for it: what it
+    records could not be learned again after a crash (an approval that came late)."""
 
     record: AuthorizationRecord | ReversalRecord
+    urgent: bool = False
 
 
 @snapshot

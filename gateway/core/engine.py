@@ -856,7 +856,9 @@ class GatewayCore:
                 rev.updated_at = now
                 out.append(Persist(rev.record()))
             auth.updated_at = now
-            out.append(Persist(auth.record()))
+            # Urgent: lost in a crash, a restarted gateway would take a "25" to the reversal
+            # for the end (the original unknown upstream), and the hold would stay.
+            out.append(Persist(auth.record(), urgent=True))
         elif rev is not None and not_sent and self.settings.late_decline_cancels:
             auth.response_code = code
             self._close_auth(auth, AuthState.DECLINED, now, out)

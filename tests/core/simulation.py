@@ -464,6 +464,8 @@ class Simulation:
                 record = command.record
                 self._check_record(record)
                 self.journal.append(record)
+                if command.urgent:  # the shell commits it at once
+                    self.durable = len(self.journal)
                 if isinstance(record, AuthorizationRecord) and record.state is AuthState.IN_FLIGHT:
                     self.txn_keys[record.txn_id] = (
                         record.terminal_id,

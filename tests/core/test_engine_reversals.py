@@ -316,6 +316,10 @@ def test_late_approval_is_not_forwarded_and_the_reversal_goes_on() -> None:
     assert auth.state is AuthState.REVERSING and auth.approval_code == "A1B2C3"
     assert h.core.stats()["reversals_owed"] == 1
     assert sent.fields["11"] != request["11"]
+    # Committed at once: lost in a crash, a "25" to the reversal after the restart would
+    # look final, and the hold would stay (simulation, fail_fast profile, seed 2841).
+    [persist] = [c for c in out if isinstance(c, Persist)]
+    assert persist.urgent
 
 
 def test_late_approval_before_the_reversal_was_sent_adds_de38() -> None:

@@ -54,6 +54,26 @@ async def test_late_approval_is_never_forwarded(make_stack: StackFactory) -> Non
     assert "late_response" in events(stack).kinds()
 
 
+async def test_a_late_approval_is_journaled_at_once(make_stack: StackFactory) -> None:
+    """Nothing waits for its record, yet it is committed at once, not with the next batch
+    (journal.commit_delay): lost in a crash, a "25" to the reversal after the restart would
+    look final and the hold would stay."""
+    rules = [
+        Rule(mti=frozenset({"0200"}), fault="late", seconds=0.8),
+        Rule(mti=frozenset({"0400", "0401"}), fault="drop"),  # the reversal stays open
+    ]
+    stack = await make_stack(rules=rules, **{"reversal.retry_delays": [5.0]})
+    stack.service.journal.commit_delay = 1.0  # type: ignore[attr-defined]
+    await stack.links_up()
+    terminal = await stack.terminal()
+    response = await terminal.send("0200", auth(4))
+    assert response is not None and response.get("39") == "91"
+    await stack.settle(lambda: "late_response" in events(stack).kinds(), 3, "the late approval")
+    journal = stack.service.journal
+    target = journal.last_seq
+    await stack.settle(lambda: journal.committed_seq >= target, 0.5, "its commit (not 1 s)")
+
+
 async def test_late_decline_leaves_nothing_held(make_stack: StackFactory) -> None:
     rules = [Rule(mti=frozenset({"0200"}), response_code="05", fault="late", seconds=0.8)]
     stack = await make_stack(rules=rules)

@@ -176,6 +176,16 @@ class GatewayCore:
             )
             if f not in dialect.sensitive_fields and f not in CARD_DATA_FIELDS
         )
+        self._answer_field_set = frozenset(self._answer_fields)
+        # What a request keeps once answered, while it lingers: those, and the echo fields of
+        # the decline of its resend (the terminal's own PAN among them, where a dialect echoes
+        # DE 2: in memory only).
+        self._lingering_fields = tuple(dict.fromkeys((*self._answer_fields, *self._echo_fields)))
+        # Duplicate fields that are card data: never journaled, so a request rebuilt after a
+        # restart is found by the others (``_find_duplicate``).
+        self._card_duplicate_fields = frozenset(
+            f for f in dialect.duplicate_fields if f not in self._answer_field_set
+        )
         # Responses are found by (MTI, this field) in one lookup, then compared on the rest.
         self._index_field = "11" if "11" in dialect.match_fields else dialect.match_fields[0]
         self._rewrite = settings.stan_mode == "rewrite"
@@ -504,8 +514,9 @@ class GatewayCore:
                 auth.closed_at = record.updated_at
                 auth.identity = self._identity_of(record.reversal_fields)
                 auth.reversal_fields = NO_FIELDS
-            if not listed:
-                self._by_terminal.setdefault((auth.terminal_id, auth.stan), []).append(auth)
+            candidates = self._by_terminal.setdefault((auth.terminal_id, auth.stan), [])
+            if not listed and auth not in candidates:  # two reversals of it acknowledged
+                candidates.append(auth)
             if auth.state is not AuthState.REVERSED and saved.state in _MERGEABLE:
                 # Delivered or declined, and its terminal's reversal open: the crash kept that
                 # reversal's record, not the authorization's REVERSING one. It is open again
@@ -546,6 +557,8 @@ class GatewayCore:
                 return
         dup_key = duplicate_key(info.base, fields, self._duplicate_fields)
         original = self._by_duplicate.get(dup_key)
+        if original is None and self._card_duplicate_fields:
+            original = self._find_restored_duplicate(info.base, fields)
         if original is None and info.repeat:
             original = self._by_repeat.get(repeat_key(info.base, fields))
             if original is not None and not _same_amount(original.fields, fields):
@@ -649,6 +662,13 @@ class GatewayCore:
         )
         data = notices.request_data(event.mti, event.fields, outcome)
         out.append(Notify(notices.TRANSACTION_COMPLETED, data))
+
+    def _find_restored_duplicate(self, base: str, fields: Mapping[str, str]) -> Pending | None:
+        """A request rebuilt after a restart has no card data among its duplicate fields (the
+        journal keeps none): its resend is found by the others."""
+        blanked = {k: v for k, v in fields.items() if k not in self._card_duplicate_fields}
+        original = self._by_duplicate.get(duplicate_key(base, blanked, self._duplicate_fields))
+        return original if original is not None and original.link_id == _NO_LINK else None
 
     def _on_duplicate(self, event: TerminalRequest, original: Pending, out: list[Command]) -> None:
         """The same request again: never forwarded twice; it shares the one answer."""
@@ -770,7 +790,10 @@ class GatewayCore:
                     if listening is None:
                         listening = candidate
                     continue
-                if fallback is None:
+                if fallback is None or (_answered(fallback) and not _answered(candidate)):
+                    # The oldest, but one not answered yet before one answered: a second answer
+                    # to one key is likelier the late answer of the one without than the
+                    # acquirer repeating itself (taken for that, an approval is not alerted).
                     fallback = candidate
         # An acquirer that does not echo them as sent contradicts every request: as before.
         return fallback or contradicted or listening
@@ -1332,13 +1355,14 @@ class GatewayCore:
         if auth.closed_at is not None:  # delivered, declined or reversed, and reversed now
             auth.closed_at = None
             self._open_auths += 1
-            if not auth.reversal_fields:
-                # They went when it closed (the reversal has its own); what ties a terminal's
-                # reversal to it after a restart, and what finds its resends while its request
-                # lingers, is journaled again.
+            if auth.reversal_fields.keys() <= self._kept_when_closed_set | {"38"}:
+                # They went when it closed (the reversal has its own; DE 38 came with a late
+                # approval since): what ties a terminal's reversal to it after a restart, and
+                # what finds its resends while its request lingers, is journaled again.
                 auth.reversal_fields = {
                     **self._identity_fields_of(auth),
                     **self._closed_record_fields(auth),
+                    **auth.reversal_fields,
                 }
         auth.state = AuthState.REVERSING
         auth.updated_at = now
@@ -1671,9 +1695,10 @@ class GatewayCore:
         if pending is None:
             return kept
         fields = pending.fields
-        if isinstance(fields, EchoFields):  # settled: kept by the names of _answer_fields
-            journaled = fields.to_dict()
-        else:  # still awaiting its answer: the terminal's fields, card data among them
+        if isinstance(fields, EchoFields):  # settled
+            names = self._answer_field_set
+            journaled = {name: value for name, value in fields.to_dict().items() if name in names}
+        else:  # still awaiting its answer: the terminal's fields
             journaled = {
                 name: value
                 for name in self._answer_fields
@@ -1736,7 +1761,7 @@ class GatewayCore:
             waits = self._conn_waits.get(conn_id)
             if waits is not None:
                 waits.pop(pending, None)
-        pending.fields = EchoFields(self._answer_fields, pending.fields)
+        pending.fields = EchoFields(self._lingering_fields, pending.fields)
         pending.forget_at = now + self.settings.duplicate_window
         if not pending.timer_seq:
             self._timers.arm(pending, pending.forget_at)
@@ -1799,6 +1824,10 @@ _TELLING_FIELDS = ("7", "12", "13", "37")
 
 # Closed authorizations whose requests a restarted gateway remembers (``_restore_closed``).
 _CLOSED_REMEMBERED = frozenset({AuthState.DELIVERED, AuthState.DECLINED, AuthState.REVERSED})
+
+
+def _answered(item: _Matchable) -> bool:
+    return isinstance(item, Pending) and item.phase is Phase.ANSWERED
 
 
 def _contradicts(request: Mapping[str, str], response: Mapping[str, str]) -> bool:

@@ -29,7 +29,7 @@ Choices where the rules leave room:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TypedDict
+from typing import TypedDict, TypeGuard
 
 from gateway.core import notices
 from gateway.core.clock import transmission_time
@@ -181,11 +181,6 @@ class GatewayCore:
         # the decline of its resend (the terminal's own PAN among them, where a dialect echoes
         # DE 2: in memory only).
         self._lingering_fields = tuple(dict.fromkeys((*self._answer_fields, *self._echo_fields)))
-        # Duplicate fields that are card data: never journaled, so a request rebuilt after a
-        # restart is found by the others (``_find_duplicate``).
-        self._card_duplicate_fields = frozenset(
-            f for f in dialect.duplicate_fields if f not in self._answer_field_set
-        )
         # Responses are found by (MTI, this field) in one lookup, then compared on the rest.
         self._index_field = "11" if "11" in dialect.match_fields else dialect.match_fields[0]
         self._rewrite = settings.stan_mode == "rewrite"
@@ -557,8 +552,6 @@ class GatewayCore:
                 return
         dup_key = duplicate_key(info.base, fields, self._duplicate_fields)
         original = self._by_duplicate.get(dup_key)
-        if original is None and self._card_duplicate_fields:
-            original = self._find_restored_duplicate(info.base, fields)
         if original is None and info.repeat:
             original = self._by_repeat.get(repeat_key(info.base, fields))
             if original is not None and not _same_amount(original.fields, fields):
@@ -662,13 +655,6 @@ class GatewayCore:
         )
         data = notices.request_data(event.mti, event.fields, outcome)
         out.append(Notify(notices.TRANSACTION_COMPLETED, data))
-
-    def _find_restored_duplicate(self, base: str, fields: Mapping[str, str]) -> Pending | None:
-        """A request rebuilt after a restart has no card data among its duplicate fields (the
-        journal keeps none): its resend is found by the others."""
-        blanked = {k: v for k, v in fields.items() if k not in self._card_duplicate_fields}
-        original = self._by_duplicate.get(duplicate_key(base, blanked, self._duplicate_fields))
-        return original if original is not None and original.link_id == _NO_LINK else None
 
     def _on_duplicate(self, event: TerminalRequest, original: Pending, out: list[Command]) -> None:
         """The same request again: never forwarded twice; it shares the one answer."""
@@ -790,13 +776,29 @@ class GatewayCore:
                     if listening is None:
                         listening = candidate
                     continue
-                if fallback is None or (_answered(fallback) and not _answered(candidate)):
-                    # The oldest, but one not answered yet before one answered: a second answer
-                    # to one key is likelier the late answer of the one without than the
-                    # acquirer repeating itself (taken for that, an approval is not alerted).
+                if fallback is None or (
+                    _answered(fallback)
+                    and not _answered(candidate)
+                    and not self._may_repeat(fallback, fields)
+                ):
+                    # The oldest, but one not answered yet before one answered whose answer
+                    # this cannot be a repeat of: a late approval taken for the acquirer
+                    # repeating itself would be neither alerted nor keep a reversal going.
                     fallback = candidate
         # An acquirer that does not echo them as sent contradicts every request: as before.
         return fallback or contradicted or listening
+
+    def _may_repeat(self, answered: Pending, fields: Mapping[str, str]) -> bool:
+        """Could this be the acquirer repeating the answer ``answered`` got: the same DE 39
+        and, for an approval, the same DE 38? When in doubt, yes: a decline taken for another
+        request's would settle its reversal."""
+        auth = answered.auth
+        if auth is None:  # not journaled: its answer is not known
+            return True
+        code = fields.get("39")
+        if code != auth.response_code:
+            return False
+        return code not in self.settings.approval_codes or fields.get("38") == auth.approval_code
 
     def _on_answer(
         self, pending: Pending, event: AcquirerResponse, now: float, out: list[Command]
@@ -1826,7 +1828,7 @@ _TELLING_FIELDS = ("7", "12", "13", "37")
 _CLOSED_REMEMBERED = frozenset({AuthState.DELIVERED, AuthState.DECLINED, AuthState.REVERSED})
 
 
-def _answered(item: _Matchable) -> bool:
+def _answered(item: _Matchable) -> TypeGuard[Pending]:
     return isinstance(item, Pending) and item.phase is Phase.ANSWERED
 
 

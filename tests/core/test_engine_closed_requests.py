@@ -358,17 +358,17 @@ def test_resend_of_a_delivered_sale_whose_terminal_reversal_was_open_at_restart_
 
 def test_an_answer_telling_nothing_goes_to_the_request_still_without_one() -> None:
     """Two lingering requests share a key (the STAN reused within the window), and the answer
-    echoes none of DE 7/12/13/37. The one already answered got its answer; this one is likelier
-    the late answer of the other than the acquirer repeating itself. Taken for a repeat, a late
-    approval would be neither alerted nor keep the other's reversal going."""
+    echoes none of DE 7/12/13/37. It cannot be the acquirer repeating the answered one's (its
+    approval code differs): it is the other's late answer. Taken for a repeat, a late approval
+    would be neither alerted nor keep the other's reversal going."""
     h = Harness()
     first = sale("000001")
     h.approve(first)
     second = sale("000001", de7="0908064530", de12="064530")
     h.request(second, conn=2)
     assert sent_reversals(h.advance(15))  # the second timed out: its reversal goes
-    out = h.respond(answer(second))  # DE 11 and 41 only
+    out = h.respond(answer(second, de38="B2C3D4"))  # DE 11, 38, 39 and 41 only
     assert notices(out, "late_response") and not notices(out, "unmatched_response")
     [auth] = auth_records(out)
-    assert auth.txn_id == 2 and auth.approval_code == "A1B2C3"
+    assert auth.txn_id == 2 and auth.approval_code == "B2C3D4"
     assert h.core.stats()["reversals_owed"] == 1  # the reversal goes on

@@ -1,15 +1,16 @@
 """Closed requests remembered across a restart: the rarer paths (found by review).
 
-A reversed original reopened by its late approval after one restart, then a second restart; a
-dialect that names the PAN among its duplicate fields; the decline of a resend in a running
-gateway (it still echoes the terminal's own PAN where the dialect echoes DE 2); an original
-with two acknowledged reversals.
+A reversed original reopened by its late approval after one restart, then a second restart;
+the decline of a resend in a running gateway (it still echoes the terminal's own PAN where the
+dialect echoes DE 2); an original with two acknowledged reversals; an acquirer repeating an
+answer on a key two requests share; a dialect that names the PAN among its duplicate fields.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+from gateway.core.commands import Command
 from gateway.core.records import AuthState, ReversalRecord
 from gateway.wire.dialect import get_dialect
 
@@ -177,28 +178,127 @@ def test_two_acknowledged_reversals_of_one_restored_original_list_it_once() -> N
     assert len(listed) == 1, "one authorization listed twice"
 
 
-# A dialect that names card data among its duplicate fields.
+def _alerted(out: list[Command]) -> bool:
+    """An approval operations hear of (``UnmatchedApproval``: ``may_hold``)."""
+    return any(n.data.get("may_hold") for n in notices(out, "unmatched_response"))
 
 
-def test_a_resend_is_still_known_when_the_dialect_names_the_pan_among_its_duplicate_fields() -> (
-    None
-):
-    """``_answer_fields`` drops card data (rightly: never journaled), but
-    ``_remember_request`` then builds the duplicate key from the journaled fields, with None
-    where the dialect's duplicate fields name DE 2. The terminal's resend carries its PAN: the
-    keys never agree, and a plain resend (0200) of a delivered approval goes upstream after a
-    restart (under STAN rewrite: a new sale, a second hold). A configuration the dialect loader
-    accepts; nothing warns that it turns the feature off."""
+# The acquirer repeating the answer it gave an older request (same DE 41 + DE 11, echoing none
+# of DE 7/12/13/37) is not taken for a newer request's late answer.
+
+
+def _declined_then_same_stan_timed_out(h: Harness) -> tuple[dict[str, str], dict[str, str]]:
+    """txn 1 declined ("51") and answered; txn 2, a new sale by the same terminal with the same
+    STAN (new DE 7/12, passthrough STANs), forwarded. Returns (txn 1, txn 2)."""
+    first = sale("000001")
+    h.request(first)
+    [declined] = to_terminal(h.respond(answer(first, "51")))
+    assert declined.conn_id == 1
+    second = sale("000001", de7="0908064530", de12="064530")
+    assert forwards(h.request(second, conn=2))
+    return first, second
+
+
+def test_a_repeated_decline_of_the_answered_request_does_not_cancel_the_others_reversal() -> None:
+    """The link breaks with txn 2 on the wire: the terminal gets its decline, a reversal is
+    owed (parked: no link). The link is back; the reversal waits for its drain slot. The
+    acquirer repeats its "51" to txn 1 (echoing DE 11 and 41 only, as before). 8fda38b sends it
+    to txn 2 ("not answered yet"): a late decline with the reversal not sent, so the reversal is
+    CANCELLED and txn 2 closed DECLINED. txn 2 may well be approved upstream: when its real
+    approval comes, txn 2 is DECLINED and it is dropped as a late response. A hold no terminal
+    was told about, no reversal, no alert."""
+    h = Harness()
+    first, second = _declined_then_same_stan_timed_out(h)
+    h.link_down(1)  # txn 2: link_lost, declined to its terminal, reversal parked
+    h.link_up(1)  # the reversal waits for its drain slot (not sent yet)
+    out = h.respond(answer(first, "51"))  # the acquirer repeats its answer to txn 1
+    assert not notices(out, "reversal_cancelled"), (
+        "the acquirer's repeat of txn 1's decline cancelled txn 2's reversal"
+    )
+    # What it leads to: txn 2's own approval, then, is neither reversed nor alerted.
+    out = h.respond(answer(second)) + h.advance(1)
+    auths, _ = latest(h.log)
+    assert auths[2].state is not AuthState.DECLINED
+    assert sent_reversals(out) or _alerted(out), (
+        "txn 2's approval left a hold: no reversal, no alert"
+    )
+
+
+def test_a_repeated_decline_does_not_make_a_25_to_the_others_reversal_final() -> None:
+    """Same two requests, link up. txn 2 times out; its reversal is sent. The acquirer repeats
+    txn 1's "51": 8fda38b records it as txn 2's decline (``_note_late_decline``), so the "25"
+    that txn 2's reversal gets (it overtook txn 2 at the acquirer) is final: the reversal is not
+    kept reopenable. txn 2's approval then arrives: ``_reverse_overtaken`` finds nothing to
+    reopen and returns. Only a ``late_response`` notice: the hold stays, no alert."""
+    h = Harness()
+    first, second = _declined_then_same_stan_timed_out(h)
+    [sent] = sent_reversals(h.advance(15))  # txn 2 timed out
+    h.respond(answer(first, "51"))  # the acquirer repeats its answer to txn 1
+    auths, _ = latest(h.log)
+    assert auths[2].response_code is None, "txn 1's repeated decline recorded as txn 2's"
+    h.respond(reversal_answer(sent, "25"), mti="0410")  # the reversal overtook txn 2
+    out = h.respond(answer(second))  # txn 2's approval: a hold upstream
+    assert sent_reversals(out) or _alerted(out), (
+        "txn 2's approval after a '25' left a hold: no reversal again, no alert"
+    )
+
+
+def test_a_repeated_approval_of_the_answered_request_is_not_taken_for_the_others() -> None:
+    """The approval side of the same guess (lower stakes). txn 1 approved ("A1B2C3") and
+    delivered; txn 2 (same STAN) times out, its reversal is sent. The acquirer repeats txn 1's
+    approval, DE 38 and all: 8fda38b gives it to txn 2, which now "has" txn 1's approval code.
+    txn 2 never reached the acquirer, so its reversal is answered "25", and with an approval
+    known a "25" is never final: 20 attempts, FAILED, an operator alert, for a sale that holds
+    nothing. The gateway knows txn 1's approval code: an answer carrying it is txn 1's repeat
+    (a late approval of txn 2 carries its own)."""
+    h = Harness()
+    first = sale("000001")
+    h.approve(first)
+    second = sale("000001", de7="0908064530", de12="064530")
+    h.request(second, conn=2)
+    [sent] = sent_reversals(h.advance(15))
+    out = h.respond(answer(first))  # txn 1's approval again: DE 11, 41, 38 "A1B2C3", 39
+    [repeat] = notices(out, "unmatched_response") or [None]
+    assert repeat is not None and repeat.data["reason"] == "already_answered", (
+        "the acquirer's repeat of txn 1's approval taken for txn 2's late approval"
+    )
+    out = h.respond(reversal_answer(sent, "25"), mti="0410")
+    assert notices(out, "reversal_acknowledged"), "txn 2's reversal can no longer settle"
+
+
+# A dialect that names the PAN among its duplicate fields: the journal keeps no card data, so a
+# request rebuilt after a restart is never taken for another card's sale.
+
+OTHER_PAN = "5413330089020011"
+
+
+def test_another_cards_sale_after_a_restart_is_not_approved_with_an_old_sales_approval() -> None:
+    """The dialect names DE 2 among its duplicate fields (as 8fda38b's own test): what tells
+    two sales apart there is the card. Card 1's sale is approved and delivered; the gateway
+    restarts. Card 2's sale arrives with the same terminal, STAN, amount and times (terminals
+    sharing a DE 41, a STAN counter reset: the case DE 2 was named for). In the old process it
+    was forwarded (another PAN, another key). Now ``_find_restored_duplicate`` drops DE 2 from
+    the key, finds card 1's request and rebuilds card 1's approval for card 2: the terminal
+    prints "approved", the goods go, and the acquirer never saw the sale (nothing captured)."""
     with_pan = dataclasses.replace(
         get_dialect("iso87-binary"), duplicate_fields=("2", "41", "11", "4", "7", "12", "13")
     )
     rules = settings(stan_mode="rewrite")
     h = Harness(rules, with_pan)
-    request = sale()
-    [forward] = forwards(h.request(request))
-    approval = answer({**request, "11": forward.replace["11"]})
-    [delivery] = to_terminal(h.respond(approval))
+    card1 = sale()
+    [forward] = forwards(h.request(card1))
+    [delivery] = to_terminal(h.respond(answer({**card1, "11": forward.replace["11"]})))
     h.delivered(delivery.delivery_ref)
+    # Same process: card 2's sale is another request (forwarded), as it should be.
+    same_process = Harness(rules, with_pan)
+    [first] = forwards(same_process.request(card1))
+    answered = same_process.respond(answer({**card1, "11": first.replace["11"]}))
+    same_process.delivered(to_terminal(answered)[0].delivery_ref)
+    assert forwards(same_process.request({**card1, "2": OTHER_PAN}, conn=7))
+    # After a restart:
     fresh = restart(h, settings=rules, dialect=with_pan)
-    out = fresh.request(request, conn=7)
-    assert not forwards(out), "a resend of a delivered approval went upstream after a restart"
+    card2 = {**card1, "2": OTHER_PAN}
+    out = fresh.request(card2, conn=7)
+    approved = [r for r in replies(out) if r.fields.get("39") in settings().approval_codes]
+    assert not approved, "card 2's sale answered with card 1's rebuilt approval"
+    assert forwards(out), "card 2's sale never reached the acquirer"

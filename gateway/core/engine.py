@@ -751,7 +751,8 @@ class GatewayCore:
         # then costs a reversal (the one in flight times out), never a terminal given another
         # sale's answer.
         unreadable = telling and UNREADABLE in values_of(fields, _TELLING_FIELDS)
-        fallback: _Matchable | None = None
+        # Requests no longer in flight (and reversals not on the wire), oldest first.
+        others: list[_Matchable] = []
         # A request the answer's echoed times or RRN contradict: the answer is another
         # request's with the same key (a STAN reused while the first one's answer was late).
         contradicted: Pending | None = None
@@ -776,22 +777,27 @@ class GatewayCore:
                     if listening is None:
                         listening = candidate
                     continue
-                if fallback is None or (
-                    _answered(fallback)
-                    and not _answered(candidate)
-                    and not self._may_repeat(fallback, fields)
-                ):
-                    # The oldest, but one not answered yet before one answered whose answer
-                    # this cannot be a repeat of: a late approval taken for the acquirer
-                    # repeating itself would be neither alerted nor keep a reversal going.
-                    fallback = candidate
+                others.append(candidate)
+        if len(others) > 1:
+            # The acquirer repeating the answer one of them got goes to that one: a decline
+            # taken for another request's would settle its reversal. Else the oldest not
+            # answered yet: a late approval taken for a repeat would be neither alerted nor
+            # keep a reversal going.
+            for other in others:
+                if _answered(other) and self._may_repeat(other, fields):
+                    return other
+            return next((other for other in others if not _answered(other)), others[0])
         # An acquirer that does not echo them as sent contradicts every request: as before.
-        return fallback or contradicted or listening
+        return (others[0] if others else None) or contradicted or listening
 
     def _may_repeat(self, answered: Pending, fields: Mapping[str, str]) -> bool:
-        """Could this be the acquirer repeating the answer ``answered`` got: the same DE 39
-        and, for an approval, the same DE 38? When in doubt, yes: a decline taken for another
-        request's would settle its reversal."""
+        """Could this be the acquirer repeating the answer ``answered`` got: the same DE 3 as
+        echoed, the same DE 39 and, for an approval, the same DE 38? When in doubt, yes: a
+        decline taken for another request's would settle its reversal."""
+        processing_code = fields.get("3")
+        asked = answered.fields.get("3")
+        if asked is not None and processing_code not in (None, UNREADABLE, asked):
+            return False  # a sale's answer is no repeat of a balance inquiry's
         auth = answered.auth
         if auth is None:  # not journaled: its answer is not known
             return True

@@ -181,6 +181,11 @@ class GatewayCore:
         # the decline of its resend (the terminal's own PAN among them, where a dialect echoes
         # DE 2: in memory only).
         self._lingering_fields = tuple(dict.fromkeys((*self._answer_fields, *self._echo_fields)))
+        # What tells apart the answers of two requests sharing a key, of one no longer in flight:
+        # the echo fields only. A settled request keeps DE 7 for a restart even where the
+        # dialect does not echo it, and an acquirer that stamps its own DE 7 would then
+        # contradict it, sending its late answer to the request in flight.
+        self._telling_when_settled = tuple(f for f in _TELLING_FIELDS if f in self._echo_fields)
         # Responses are found by (MTI, this field) in one lookup, then compared on the rest.
         self._index_field = "11" if "11" in dialect.match_fields else dialect.match_fields[0]
         self._rewrite = settings.stan_mode == "rewrite"
@@ -763,7 +768,13 @@ class GatewayCore:
             if values_agree(candidate.match_values, values):
                 if isinstance(candidate, Pending):
                     if telling and (
-                        _contradicts(candidate.fields, fields)
+                        _contradicts(
+                            candidate.fields,
+                            fields,
+                            _TELLING_FIELDS
+                            if candidate.phase is Phase.AWAITING
+                            else self._telling_when_settled,
+                        )
                         or (unreadable and candidate.phase is Phase.AWAITING)
                     ):
                         if contradicted is None or candidate.phase is Phase.AWAITING:
@@ -1838,8 +1849,10 @@ def _answered(item: _Matchable) -> TypeGuard[Pending]:
     return isinstance(item, Pending) and item.phase is Phase.ANSWERED
 
 
-def _contradicts(request: Mapping[str, str], response: Mapping[str, str]) -> bool:
-    for name in _TELLING_FIELDS:
+def _contradicts(
+    request: Mapping[str, str], response: Mapping[str, str], names: tuple[str, ...]
+) -> bool:
+    for name in names:
         sent, echoed = request.get(name), response.get(name)
         if sent and echoed and echoed not in (sent, UNREADABLE):
             return True

@@ -4,7 +4,8 @@ The acquirer repeating the answer one of them got goes to that one, whichever it
 decline taken for another sale's late decline would cancel that sale's reversal (not sent yet)
 or make a "25" to it final, and the sale's real approval, when it comes, would leave a hold
 nobody is told about. A sale's late approval is never taken for the repeat of a balance
-inquiry's answer (DE 3 tells them apart).
+inquiry's answer (DE 3 tells them apart). A request no longer in flight is told apart by the
+fields its dialect echoes, whatever else it keeps for a restart.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .helpers import (
     Harness,
     answer,
     forwards,
+    make_dialect,
     notices,
     reversal_answer,
     sale,
@@ -141,3 +143,32 @@ def test_late_approval_of_a_sale_is_not_taken_for_a_balance_inquirys_repeat() ->
     )
     out = h.respond(reversal_answer(sent, "25"), mti="0410")
     assert not notices(out, "reversal_acknowledged"), "a '25' after an approval was final"
+
+
+# A settled request is told apart by the fields its dialect echoes, as before it kept DE 7 for
+# a restart: an acquirer stamping its own DE 7 must not send its late answer to the request in
+# flight.
+
+# A dialect that matches and de-duplicates on DE 7 but does not echo it in the gateway's own
+# answers (as cup-pos, whose requests carry no DE 7; here the requests do).
+NO_DE7_ECHO = make_dialect(
+    duplicate_fields=("41", "11", "4", "7"),
+    response_echo_fields=("3", "4", "11", "41", "42", "49"),
+)
+
+
+def test_answer_with_acquirers_own_de7_still_goes_to_the_request_given_up_on() -> None:
+    """On 32cc57c the timed-out sale A takes the answer (a late approval keeps its reversal
+    going; the in-flight sale B times out and is reversed: a reversal, never a terminal given
+    another sale's answer). On HEAD sale B's terminal is sent the answer."""
+    h = Harness(dialect=NO_DE7_ECHO)
+    first = sale()
+    assert forwards(h.request(first, conn=1))
+    assert sent_reversals(h.advance(15))  # A timed out, its reversal on the wire
+    second = sale(de7="0908064600", de4="000000002000")  # same terminal, STAN reused
+    assert forwards(h.request(second, conn=2))
+    out = h.respond(answer(first, de7="0908064620"))  # the acquirer's own DE 7
+    assert not [f for f in to_terminal(out) if f.conn_id == 2], (
+        "the in-flight sale's terminal was given an answer the acquirer may have meant for the"
+        " sale the gateway gave up on"
+    )

@@ -186,6 +186,8 @@ class GatewayCore:
         # dialect does not echo it, and an acquirer that stamps its own DE 7 would then
         # contradict it, sending its late answer to the request in flight.
         self._telling_when_settled = tuple(f for f in _TELLING_FIELDS if f in self._echo_fields)
+        # The shipped dialects echo no field they do not journal: nothing to filter then.
+        self._lingering_is_journaled = set(self._lingering_fields) == self._answer_field_set
         # Responses are found by (MTI, this field) in one lookup, then compared on the rest.
         self._index_field = "11" if "11" in dialect.match_fields else dialect.match_fields[0]
         self._rewrite = settings.stan_mode == "rewrite"
@@ -1715,8 +1717,10 @@ class GatewayCore:
             return kept
         fields = pending.fields
         if isinstance(fields, EchoFields):  # settled
-            names = self._answer_field_set
-            journaled = {name: value for name, value in fields.to_dict().items() if name in names}
+            journaled = fields.to_dict()
+            if not self._lingering_is_journaled:  # the echo fields hold DE 2
+                names = self._answer_field_set
+                journaled = {name: value for name, value in journaled.items() if name in names}
         else:  # still awaiting its answer: the terminal's fields
             journaled = {
                 name: value

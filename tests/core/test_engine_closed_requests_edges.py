@@ -124,6 +124,13 @@ def test_in_process_the_decline_of_a_resend_still_echoes_the_pan_the_terminal_se
     [again] = replies(h.request(request, conn=7))  # the terminal's resend, same process
     assert again.fields.get("39") == "91"
     assert again.fields.get("2") == PAN, "the duplicate's decline dropped the echoed DE 2"
+    # In memory only: the original, closed, journals no PAN.
+    for visa_or_cup in ("cup-pos", "visa-base1"):
+        h = Harness(dialect=get_dialect(visa_or_cup))
+        h.approve(request)
+        [closed] = [a for a in auth_records(h.log) if a.state is AuthState.DELIVERED]
+        assert closed.reversal_fields and "2" not in closed.reversal_fields
+        assert PAN not in repr(dict(closed.reversal_fields))
 
 
 # One authorization, two acknowledged reversals: listed once, released.

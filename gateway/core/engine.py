@@ -390,14 +390,12 @@ class GatewayCore:
         the old process; reversed ones are left to ``_restore_reversed`` (``closed``: one
         object per authorization for both)."""
         for record in records:
-            if record.state not in _CLOSED_REMEMBERED:
+            if record.state in OPEN_AUTH_STATES:
                 continue
             forget_at = record.updated_at + self.settings.duplicate_window
-            auth = Authorization.from_record(record)
+            auth = self._closed_authorization(record)
             if forget_at <= now or not self._can_rebuild_request(auth):
                 continue
-            auth.closed_at = record.updated_at
-            auth.identity = self._identity_of(record.reversal_fields)
             self._next_txn_id = max(self._next_txn_id, auth.txn_id + 1)
             closed[auth.txn_id] = auth
             if record.state is AuthState.REVERSED:
@@ -409,6 +407,13 @@ class GatewayCore:
                 auth.approved_amount = approved
             self._by_terminal.setdefault((auth.terminal_id, auth.stan), []).append(auth)
             requests.append((auth, Phase.ANSWERED, forget_at))
+
+    def _closed_authorization(self, record: AuthorizationRecord) -> Authorization:
+        """A closed authorization as the journal gives it back."""
+        auth = Authorization.from_record(record)
+        auth.closed_at = record.updated_at
+        auth.identity = self._identity_of(record.reversal_fields)
+        return auth
 
     def _can_rebuild_request(self, auth: Authorization) -> bool:
         """Its journaled fields tell its answer and its resends: not so for one closed, then
@@ -512,9 +517,7 @@ class GatewayCore:
             # ``_restore_closed`` lists the delivered and declined ones it remembers.
             listed = auth is not None and auth.state is not AuthState.REVERSED
             if auth is None:
-                auth = Authorization.from_record(record)
-                auth.closed_at = record.updated_at
-                auth.identity = self._identity_of(record.reversal_fields)
+                auth = self._closed_authorization(record)
                 auth.reversal_fields = NO_FIELDS
             candidates = self._by_terminal.setdefault((auth.terminal_id, auth.stan), [])
             if not listed and auth not in candidates:  # two reversals of it acknowledged
@@ -1376,15 +1379,15 @@ class GatewayCore:
         if auth.closed_at is not None:  # delivered, declined or reversed, and reversed now
             auth.closed_at = None
             self._open_auths += 1
-            if auth.reversal_fields.keys() <= self._kept_when_closed_set | {"38"}:
-                # They went when it closed (the reversal has its own; DE 38 came with a late
-                # approval since): what ties a terminal's reversal to it after a restart, and
-                # what finds its resends while its request lingers, is journaled again.
-                auth.reversal_fields = {
-                    **self._identity_fields_of(auth),
-                    **self._closed_record_fields(auth),
-                    **auth.reversal_fields,
-                }
+            # What went when it closed (the reversal has its own) comes back to the journal:
+            # what ties a terminal's reversal to it after a restart, and what finds its resends
+            # while its request lingers. What it still holds (all of it, while a reopen may
+            # come; DE 38 of a late approval) wins.
+            auth.reversal_fields = {
+                **self._identity_fields_of(auth),
+                **self._closed_record_fields(auth),
+                **auth.reversal_fields,
+            }
         auth.state = AuthState.REVERSING
         auth.updated_at = now
         out.append(Persist(auth.record()))
@@ -1826,9 +1829,9 @@ class GatewayCore:
     def _rebuilt_answer_fields(self, pending: Pending, auth: Authorization) -> dict[str, str]:
         """The answer to a request answered before a restart: its echo fields, the acquirer's
         response code and approval code as journaled."""
-        fields = pending.fields
-        answer = {name: fields[name] for name in self._echo_fields if name in fields}
-        answer["39"] = auth.response_code or self.dialect.decline_code
+        answer = self._decline_fields(pending.fields)
+        if auth.response_code:
+            answer["39"] = auth.response_code
         if auth.approval_code:
             answer["38"] = auth.approval_code
         if auth.approved_amount is not None:
@@ -1843,10 +1846,6 @@ class GatewayCore:
 
 # Echoed as the terminal sent them: they tell two requests with one key apart.
 _TELLING_FIELDS = ("7", "12", "13", "37")
-
-
-# Closed authorizations whose requests a restarted gateway remembers (``_restore_closed``).
-_CLOSED_REMEMBERED = frozenset({AuthState.DELIVERED, AuthState.DECLINED, AuthState.REVERSED})
 
 
 def _answered(item: _Matchable) -> TypeGuard[Pending]:

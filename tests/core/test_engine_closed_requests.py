@@ -254,7 +254,7 @@ def test_rebuilt_partial_approval_does_not_claim_the_requested_amount() -> None:
     assert reply.fields["4"] == "000000000500", "partial approval rebuilt with the full amount"
 
 
-def _cut_before_reversal_acknowledged(log: list[Command]) -> list[Command]:
+def cut_before_reversal_acknowledged(log: list[Command]) -> list[Command]:
     """The journal kept a prefix: the original's REVERSED record but not its reversal's
     ACKNOWLEDGED one (an authorization is closed before its reversal)."""
     for i, command in enumerate(log):
@@ -275,7 +275,7 @@ def test_second_restart_still_remembers_a_request_reversed_after_the_first() -> 
     h.request(request)
     [sent] = sent_reversals(h.advance(15))
     h.respond(reversal_answer(sent, "00"), mti="0410")
-    h.log[:] = _cut_before_reversal_acknowledged(h.log)
+    h.log[:] = cut_before_reversal_acknowledged(h.log)
     first = restart(h)
     out = first.request(request, conn=7, mti="0201")  # remembered after restart 1
     assert not forwards(out)
@@ -287,7 +287,7 @@ def test_second_restart_still_remembers_a_request_reversed_after_the_first() -> 
         if isinstance(c, Persist) and getattr(c.record, "state", None) is AuthState.REVERSED
     ]
     assert closing, "the original is journaled again when its reversal is acknowledged"
-    second = _restart_on(h.log + first.log, first)
+    second = restart_on(h.log + first.log, first)
     out = second.request(request, conn=9, mti="0201")
     assert not forwards(out), "a repeat of a reversed request forwarded after a second restart"
 
@@ -306,7 +306,7 @@ def test_restart_still_remembers_a_reversed_request_after_its_late_decline() -> 
     assert not forwards(out), "a repeat of a reversed request forwarded after a restart"
 
 
-def _restart_on(log: list[Command], h: Harness) -> Harness:
+def restart_on(log: list[Command], h: Harness) -> Harness:
     """Restart from the whole journal history ``log`` (both incarnations), 5 s after ``h``."""
     carrier = Harness(links=(), now=h.now)
     carrier.log = log

@@ -2,15 +2,15 @@
 
 A reversed original reopened by its late approval after one restart, then a second restart;
 the decline of a resend in a running gateway (it still echoes the terminal's own PAN where the
-dialect echoes DE 2); an original with two acknowledged reversals; an acquirer repeating an
-answer on a key two requests share; a dialect that names the PAN among its duplicate fields.
+dialect echoes DE 2); an original with two acknowledged reversals; a dialect that names the
+PAN among its duplicate fields. (Answers on a key two requests share:
+test_engine_shared_key_answers.py.)
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from gateway.core.commands import Command
 from gateway.core.records import AuthState, ReversalRecord
 from gateway.wire.dialect import get_dialect
 
@@ -29,7 +29,7 @@ from .helpers import (
     settings,
     to_terminal,
 )
-from .test_engine_closed_requests import _cut_before_reversal_acknowledged, _restart_on, restart
+from .test_engine_closed_requests import cut_before_reversal_acknowledged, restart, restart_on
 from .test_engine_recovery import latest
 from .test_engine_terminal_reversal import terminal_reversal
 
@@ -52,7 +52,7 @@ def _reopened_by_its_approval_after_a_restart(
     acquirer_stan = forward.replace.get("11", request["11"])
     [sent] = sent_reversals(h.advance(15))
     h.respond(reversal_answer(sent, "00"), mti="0410")
-    h.log[:] = _cut_before_reversal_acknowledged(h.log)
+    h.log[:] = cut_before_reversal_acknowledged(h.log)
     second = restart(h, settings=rules)
     for _ in range(40):  # answer every attempt "25" until the reversal settles
         for attempt in sent_reversals(second.advance(5)):
@@ -101,7 +101,7 @@ def test_after_another_restart_the_terminals_reversal_of_that_original_is_not_a_
     pass-through reversal while the gateway's reopened reversal goes on: two reversals
     upstream for one original."""
     first, second, request = _reopened_by_its_approval_after_a_restart("passthrough")
-    third = _restart_on(first.log + second.log, second)
+    third = restart_on(first.log + second.log, second)
     out = third.request(terminal_reversal(request), conn=10, mti="0400")
     assert not forwards(out), "the terminal's reversal went upstream beside the gateway's"
     [seen] = notices(out, "terminal_reversal")
@@ -158,7 +158,7 @@ def test_a_reversed_original_with_two_acknowledged_reversals_is_forgotten_after_
     auths, revs = latest(h.log + p1.log)
     assert [a.state for a in auths.values()] == [AuthState.REVERSED]
     assert [r.last_response_code for r in revs.values()] == ["00", "00"]
-    p2 = _restart_on(h.log + p1.log, p1)
+    p2 = restart_on(h.log + p1.log, p1)
     p2.run_until(p2.now + settings().history_window + 120)
     assert p2.core.stats()["timers"] == 0
     assert not p2.core._by_terminal, f"left in _by_terminal: {p2.core._by_terminal}"
@@ -183,94 +183,6 @@ def test_two_acknowledged_reversals_of_one_restored_original_list_it_once() -> N
     )
     [listed] = fresh.core._by_terminal.values()
     assert len(listed) == 1, "one authorization listed twice"
-
-
-def _alerted(out: list[Command]) -> bool:
-    """An approval operations hear of (``UnmatchedApproval``: ``may_hold``)."""
-    return any(n.data.get("may_hold") for n in notices(out, "unmatched_response"))
-
-
-# The acquirer repeating the answer it gave an older request (same DE 41 + DE 11, echoing none
-# of DE 7/12/13/37) is not taken for a newer request's late answer.
-
-
-def _declined_then_same_stan_timed_out(h: Harness) -> tuple[dict[str, str], dict[str, str]]:
-    """txn 1 declined ("51") and answered; txn 2, a new sale by the same terminal with the same
-    STAN (new DE 7/12, passthrough STANs), forwarded. Returns (txn 1, txn 2)."""
-    first = sale("000001")
-    h.request(first)
-    [declined] = to_terminal(h.respond(answer(first, "51")))
-    assert declined.conn_id == 1
-    second = sale("000001", de7="0908064530", de12="064530")
-    assert forwards(h.request(second, conn=2))
-    return first, second
-
-
-def test_a_repeated_decline_of_the_answered_request_does_not_cancel_the_others_reversal() -> None:
-    """The link breaks with txn 2 on the wire: the terminal gets its decline, a reversal is
-    owed (parked: no link). The link is back; the reversal waits for its drain slot. The
-    acquirer repeats its "51" to txn 1 (echoing DE 11 and 41 only, as before). 8fda38b sends it
-    to txn 2 ("not answered yet"): a late decline with the reversal not sent, so the reversal is
-    CANCELLED and txn 2 closed DECLINED. txn 2 may well be approved upstream: when its real
-    approval comes, txn 2 is DECLINED and it is dropped as a late response. A hold no terminal
-    was told about, no reversal, no alert."""
-    h = Harness()
-    first, second = _declined_then_same_stan_timed_out(h)
-    h.link_down(1)  # txn 2: link_lost, declined to its terminal, reversal parked
-    h.link_up(1)  # the reversal waits for its drain slot (not sent yet)
-    out = h.respond(answer(first, "51"))  # the acquirer repeats its answer to txn 1
-    assert not notices(out, "reversal_cancelled"), (
-        "the acquirer's repeat of txn 1's decline cancelled txn 2's reversal"
-    )
-    # What it leads to: txn 2's own approval, then, is neither reversed nor alerted.
-    out = h.respond(answer(second)) + h.advance(1)
-    auths, _ = latest(h.log)
-    assert auths[2].state is not AuthState.DECLINED
-    assert sent_reversals(out) or _alerted(out), (
-        "txn 2's approval left a hold: no reversal, no alert"
-    )
-
-
-def test_a_repeated_decline_does_not_make_a_25_to_the_others_reversal_final() -> None:
-    """Same two requests, link up. txn 2 times out; its reversal is sent. The acquirer repeats
-    txn 1's "51": 8fda38b records it as txn 2's decline (``_note_late_decline``), so the "25"
-    that txn 2's reversal gets (it overtook txn 2 at the acquirer) is final: the reversal is not
-    kept reopenable. txn 2's approval then arrives: ``_reverse_overtaken`` finds nothing to
-    reopen and returns. Only a ``late_response`` notice: the hold stays, no alert."""
-    h = Harness()
-    first, second = _declined_then_same_stan_timed_out(h)
-    [sent] = sent_reversals(h.advance(15))  # txn 2 timed out
-    h.respond(answer(first, "51"))  # the acquirer repeats its answer to txn 1
-    auths, _ = latest(h.log)
-    assert auths[2].response_code is None, "txn 1's repeated decline recorded as txn 2's"
-    h.respond(reversal_answer(sent, "25"), mti="0410")  # the reversal overtook txn 2
-    out = h.respond(answer(second))  # txn 2's approval: a hold upstream
-    assert sent_reversals(out) or _alerted(out), (
-        "txn 2's approval after a '25' left a hold: no reversal again, no alert"
-    )
-
-
-def test_a_repeated_approval_of_the_answered_request_is_not_taken_for_the_others() -> None:
-    """The approval side of the same guess (lower stakes). txn 1 approved ("A1B2C3") and
-    delivered; txn 2 (same STAN) times out, its reversal is sent. The acquirer repeats txn 1's
-    approval, DE 38 and all: 8fda38b gives it to txn 2, which now "has" txn 1's approval code.
-    txn 2 never reached the acquirer, so its reversal is answered "25", and with an approval
-    known a "25" is never final: 20 attempts, FAILED, an operator alert, for a sale that holds
-    nothing. The gateway knows txn 1's approval code: an answer carrying it is txn 1's repeat
-    (a late approval of txn 2 carries its own)."""
-    h = Harness()
-    first = sale("000001")
-    h.approve(first)
-    second = sale("000001", de7="0908064530", de12="064530")
-    h.request(second, conn=2)
-    [sent] = sent_reversals(h.advance(15))
-    out = h.respond(answer(first))  # txn 1's approval again: DE 11, 41, 38 "A1B2C3", 39
-    [repeat] = notices(out, "unmatched_response") or [None]
-    assert repeat is not None and repeat.data["reason"] == "already_answered", (
-        "the acquirer's repeat of txn 1's approval taken for txn 2's late approval"
-    )
-    out = h.respond(reversal_answer(sent, "25"), mti="0410")
-    assert notices(out, "reversal_acknowledged"), "txn 2's reversal can no longer settle"
 
 
 # A dialect that names the PAN among its duplicate fields: the journal keeps no card data, so a

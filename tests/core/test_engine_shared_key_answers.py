@@ -10,7 +10,7 @@ fields its dialect echoes, whatever else it keeps for a restart.
 
 from __future__ import annotations
 
-from gateway.core.commands import Command
+from gateway.core.commands import Command, SendToAcquirer
 from gateway.core.records import AuthState
 
 from .helpers import (
@@ -29,6 +29,103 @@ from .test_engine_recovery import latest
 
 def _alerted(out: list[Command]) -> bool:
     return any(n.data.get("may_hold") for n in notices(out, "unmatched_response"))
+
+
+def assert_its_approval_after_a_25_is_not_left_held(
+    h: Harness,
+    repeated: dict[str, str],
+    sent: SendToAcquirer,
+    timed_out: dict[str, str],
+    txn_id: int,
+    **approval: str,
+) -> None:
+    """The acquirer repeats the "51" it gave ``repeated``; the reversal of ``timed_out``
+    (``sent``) is answered "25" (it overtook its original there); then its approval comes.
+    Taken for its late decline, the repeat would make that "25" final: a hold, no alert."""
+    h.respond(answer(repeated, "51"))  # the acquirer repeats its answer
+    auths, _ = latest(h.log)
+    assert auths[txn_id].response_code is None, "another request's repeated decline taken"
+    h.respond(reversal_answer(sent, "25"), mti="0410")
+    out = h.respond(answer(timed_out, **approval))  # its approval: a hold upstream
+    assert sent_reversals(out) or _alerted(out), (
+        "its approval after a '25' left a hold: no reversal again, no alert"
+    )
+
+
+# The acquirer repeating the answer it gave an older request (same DE 41 + DE 11, echoing none
+# of DE 7/12/13/37) is not taken for a newer request's late answer.
+
+
+def _declined_then_same_stan_timed_out(h: Harness) -> tuple[dict[str, str], dict[str, str]]:
+    """txn 1 declined ("51") and answered; txn 2, a new sale by the same terminal with the same
+    STAN (new DE 7/12, passthrough STANs), forwarded. Returns (txn 1, txn 2)."""
+    first = sale("000001")
+    h.request(first)
+    [declined] = to_terminal(h.respond(answer(first, "51")))
+    assert declined.conn_id == 1
+    second = sale("000001", de7="0908064530", de12="064530")
+    assert forwards(h.request(second, conn=2))
+    return first, second
+
+
+def test_a_repeated_decline_of_the_answered_request_does_not_cancel_the_others_reversal() -> None:
+    """The link breaks with txn 2 on the wire: the terminal gets its decline, a reversal is
+    owed (parked: no link). The link is back; the reversal waits for its drain slot. The
+    acquirer repeats its "51" to txn 1 (echoing DE 11 and 41 only, as before). 8fda38b sends it
+    to txn 2 ("not answered yet"): a late decline with the reversal not sent, so the reversal is
+    CANCELLED and txn 2 closed DECLINED. txn 2 may well be approved upstream: when its real
+    approval comes, txn 2 is DECLINED and it is dropped as a late response. A hold no terminal
+    was told about, no reversal, no alert."""
+    h = Harness()
+    first, second = _declined_then_same_stan_timed_out(h)
+    h.link_down(1)  # txn 2: link_lost, declined to its terminal, reversal parked
+    h.link_up(1)  # the reversal waits for its drain slot (not sent yet)
+    out = h.respond(answer(first, "51"))  # the acquirer repeats its answer to txn 1
+    assert not notices(out, "reversal_cancelled"), (
+        "the acquirer's repeat of txn 1's decline cancelled txn 2's reversal"
+    )
+    # What it leads to: txn 2's own approval, then, is neither reversed nor alerted.
+    out = h.respond(answer(second)) + h.advance(1)
+    auths, _ = latest(h.log)
+    assert auths[2].state is not AuthState.DECLINED
+    assert sent_reversals(out) or _alerted(out), (
+        "txn 2's approval left a hold: no reversal, no alert"
+    )
+
+
+def test_a_repeated_decline_does_not_make_a_25_to_the_others_reversal_final() -> None:
+    """Same two requests, link up. txn 2 times out; its reversal is sent. The acquirer repeats
+    txn 1's "51": 8fda38b records it as txn 2's decline (``_note_late_decline``), so the "25"
+    that txn 2's reversal gets (it overtook txn 2 at the acquirer) is final: the reversal is not
+    kept reopenable. txn 2's approval then arrives: ``_reverse_overtaken`` finds nothing to
+    reopen and returns. Only a ``late_response`` notice: the hold stays, no alert."""
+    h = Harness()
+    first, second = _declined_then_same_stan_timed_out(h)
+    [sent] = sent_reversals(h.advance(15))  # txn 2 timed out
+    assert_its_approval_after_a_25_is_not_left_held(h, first, sent, second, 2)
+
+
+def test_a_repeated_approval_of_the_answered_request_is_not_taken_for_the_others() -> None:
+    """The approval side of the same guess (lower stakes). txn 1 approved ("A1B2C3") and
+    delivered; txn 2 (same STAN) times out, its reversal is sent. The acquirer repeats txn 1's
+    approval, DE 38 and all: 8fda38b gives it to txn 2, which now "has" txn 1's approval code.
+    txn 2 never reached the acquirer, so its reversal is answered "25", and with an approval
+    known a "25" is never final: 20 attempts, FAILED, an operator alert, for a sale that holds
+    nothing. The gateway knows txn 1's approval code: an answer carrying it is txn 1's repeat
+    (a late approval of txn 2 carries its own)."""
+    h = Harness()
+    first = sale("000001")
+    h.approve(first)
+    second = sale("000001", de7="0908064530", de12="064530")
+    h.request(second, conn=2)
+    [sent] = sent_reversals(h.advance(15))
+    out = h.respond(answer(first))  # txn 1's approval again: DE 11, 41, 38 "A1B2C3", 39
+    [repeat] = notices(out, "unmatched_response") or [None]
+    assert repeat is not None and repeat.data["reason"] == "already_answered", (
+        "the acquirer's repeat of txn 1's approval taken for txn 2's late approval"
+    )
+    out = h.respond(reversal_answer(sent, "25"), mti="0410")
+    assert notices(out, "reversal_acknowledged"), "txn 2's reversal can no longer settle"
 
 
 # The request without an answer is the older one.
@@ -79,14 +176,7 @@ def test_repeated_decline_of_a_newer_answered_sale_does_not_make_a_25_final() ->
     second = sale("000001", de7="0908064530", de12="064530")
     assert forwards(h.request(second, conn=2))
     assert to_terminal(h.respond(answer(second, "51")))
-    h.respond(answer(second, "51"))  # the acquirer repeats its answer to txn 2
-    auths, _ = latest(h.log)
-    assert auths[1].response_code is None, "txn 2's repeated decline recorded as txn 1's"
-    h.respond(reversal_answer(sent, "25"), mti="0410")  # the reversal overtook txn 1
-    out = h.respond(answer(first))  # txn 1's approval: a hold upstream
-    assert sent_reversals(out) or _alerted(out), (
-        "txn 1's approval after a '25' left a hold: no reversal again, no alert"
-    )
+    assert_its_approval_after_a_25_is_not_left_held(h, second, sent, first, 1)
 
 
 # Three candidates: the answer repeats the second one's.
@@ -108,14 +198,7 @@ def test_repeat_of_the_second_answered_sales_decline_is_not_taken_for_the_third(
     third = sale("000001", de7="0908064540", de12="064540")
     assert forwards(h.request(third, conn=3))
     [sent] = sent_reversals(h.advance(15))  # txn 3 timed out
-    h.respond(answer(second, "51"))  # the acquirer repeats its answer to txn 2
-    auths, _ = latest(h.log)
-    assert auths[3].response_code is None, "txn 2's repeated decline recorded as txn 3's"
-    h.respond(reversal_answer(sent, "25"), mti="0410")
-    out = h.respond(answer(third, de38="C3D4E5"))  # txn 3's approval
-    assert sent_reversals(out) or _alerted(out), (
-        "txn 3's approval after a '25' left a hold: no reversal again, no alert"
-    )
+    assert_its_approval_after_a_25_is_not_left_held(h, second, sent, third, 3, de38="C3D4E5")
 
 
 # An answered request the journal does not know (a balance inquiry: no authorization).

@@ -534,6 +534,63 @@ async def test_load_closed_since_returns_recently_closed_authorizations_without_
     assert [txn_id for txn_id, text in rows if PAN in text or "2512" in text] == [5]
 
 
+async def test_the_index_by_terminal_is_kept_only_where_asked_for(journal_path: Path) -> None:
+    """Under STAN rewrite the gateway finds a terminal's sales by terminal and STAN; without it
+    the index would only cost each insert a page write. The operator commands leave it."""
+
+    def indexes() -> list[tuple[object, ...]]:
+        return raw_rows(journal_path, "SELECT name FROM sqlite_master WHERE type = 'index'")
+
+    query = "SELECT * FROM authorizations WHERE terminal_id = 'T' AND stan = 'S'"
+    async with SqliteJournal(journal_path, terminal_index=True) as journal:
+        journal.put(make_auth(7, AuthState.DELIVERED, reversal_fields={"7": "0908064519"}))
+    assert ("authorizations_terminal",) in indexes()
+    assert "authorizations_terminal" in str(raw_rows(journal_path, f"EXPLAIN QUERY PLAN {query}"))
+    async with SqliteJournal(journal_path) as journal:  # saf list, saf retry, status
+        [found] = await journal.find_delivered("TERM0001", "000007")
+        assert (found.txn_id, found.acquirer_stan) == (7, "000507")
+    assert ("authorizations_terminal",) in indexes()
+    async with SqliteJournal(journal_path, terminal_index=False) as journal:
+        [found] = await journal.find_delivered("TERM0001", "000007")  # a scan, still right
+        assert found.txn_id == 7
+    assert ("authorizations_terminal",) not in indexes()
+
+
+async def test_find_delivered_gives_a_terminals_delivered_sales_on_a_stan_newest_first(
+    journal: SqliteJournal,
+) -> None:
+    """Under STAN rewrite a terminal's reversal of a sale the gateway no longer remembers is
+    tied to it by what the journal kept: its acquirer STAN among it, never card data."""
+    kept = {"7": "0908064519", "11": "000900", "41": "TERM0001"}
+    journal.put(make_auth(1, AuthState.DELIVERED, stan="000042", reversal_fields=kept))
+    journal.put(make_auth(2, AuthState.DELIVERED, stan="000042", reversal_fields=kept))
+    journal.put(make_auth(3, AuthState.DECLINED, stan="000042", reversal_fields=kept))
+    journal.put(make_auth(4, AuthState.REVERSED, stan="000042", reversal_fields=kept))
+    journal.put(make_auth(5, AuthState.APPROVED, stan="000042"))  # open: the core has it
+    journal.put(make_auth(6, AuthState.DELIVERED, stan="000042", terminal_id="TERM0002"))
+    journal.put(make_auth(7, AuthState.DELIVERED, stan="000043", reversal_fields=kept))
+    await journal.flush()
+    found = await journal.find_delivered("TERM0001", "000042")
+    assert [(a.txn_id, a.state, a.acquirer_stan) for a in found] == [
+        (2, AuthState.DELIVERED, "000502"),
+        (1, AuthState.DELIVERED, "000501"),
+    ]
+    assert dict(found[0].reversal_fields) == kept
+    assert await journal.find_delivered("TERM0009", "000042") == []
+
+
+async def test_an_update_keeps_an_authorizations_terminal_and_stan(
+    journal: SqliteJournal,
+) -> None:
+    """They are the terminal's request's for good: an update leaves them (and their index)."""
+    journal.put(make_auth(1, AuthState.IN_FLIGHT, stan="000042"))
+    await journal.flush()
+    journal.put(make_auth(1, AuthState.DELIVERED, stan="000042", reversal_fields={}))
+    await journal.flush()
+    [found] = await journal.find_delivered("TERM0001", "000042")
+    assert (found.created_at, found.state) == (T0 + 1, AuthState.DELIVERED)
+
+
 async def test_load_reversed_since_returns_reversed_originals_without_card_data(
     journal: SqliteJournal, journal_path: Path
 ) -> None:

@@ -40,6 +40,8 @@ def build_service(config: GatewayConfig, sinks: list[EventSink] | None = None) -
         durability=config.journal.durability,
         commit_delay=config.journal.commit_delay,
         on_error=errors.failed,
+        # Under STAN rewrite a terminal's late reversal is tied to its sale by terminal and STAN.
+        terminal_index=config.acquirer.stan_mode == "rewrite",
     )
     journal.on_commit(errors.committed)
     return GatewayService(config, dialect, journal, FanOut(sinks or [LogSink()]))

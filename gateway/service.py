@@ -26,6 +26,7 @@ from gateway.config import GatewayConfig, parse_hostport
 from gateway.core import notices
 from gateway.core.commands import (
     Command,
+    FindDelivered,
     ForwardToAcquirer,
     ForwardToTerminal,
     Notify,
@@ -38,6 +39,7 @@ from gateway.core.engine import GatewayCore
 from gateway.core.events import (
     UNREADABLE,
     AcquirerResponse,
+    DeliveredFound,
     DeliveryResult,
     Draining,
     Event,
@@ -67,6 +69,9 @@ STAN_META_KEY = "last_stan"
 REQUEUE_POLL_SECONDS = 1.0
 # Seconds shutdown waits for the journal's last commit.
 JOURNAL_FLUSH_AT_STOP = 5.0
+# At stop, how long terminal reversals may still wait for their journal lookup (a read of an
+# index: milliseconds). One not done by then is not journaled: its terminal repeats it.
+LOOKUPS_AT_STOP = 2.0
 PRUNE_EVERY_SECONDS = 3600.0
 
 # Lines logged while a terminal's frame or an acquirer's message is handled carry conn= or
@@ -145,6 +150,7 @@ class GatewayService:
         self._timer_context = contextvars.Context()
         self._timer_deadline: float | None = None
         self._background: list[asyncio.Task[None]] = []
+        self._lookups: set[asyncio.Task[None]] = set()  # FindDelivered, being read
         self._stopped = asyncio.Event()
         self.tap: FrameTap | None = None  # set by the capture recorder, when configured
 
@@ -202,6 +208,8 @@ class GatewayService:
         deadline = time.monotonic() + self.config.gateway.shutdown_grace
         while self._core.stats().get("in_flight", 0) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        if self._lookups:  # terminal reversals waiting for the journal: tied before the end
+            await asyncio.wait(self._lookups, timeout=LOOKUPS_AT_STOP)
         # Past the grace: what still waits is declined to its terminal now and its reversal
         # journaled (and sent, if a link is still up, before the links stop).
         self._dispatch(Draining(final=True))
@@ -314,6 +322,25 @@ class GatewayService:
             elif isinstance(command, ReserveStans):
                 # Like a Persist: what follows waits for it to be durable.
                 self._last_persist_seq = self.journal.put_meta(STAN_META_KEY, command.last_stan)
+            elif isinstance(command, FindDelivered):
+                lookup = asyncio.get_running_loop().create_task(self._find_delivered(command))
+                self._lookups.add(lookup)
+                lookup.add_done_callback(self._lookups.discard)
+
+    async def _find_delivered(self, command: FindDelivered) -> None:
+        """Read what a terminal's reversal waits for, off the loop, and hand it to the core.
+        A journal that cannot be read gives nothing: the reversal then goes as it is."""
+        try:
+            records = await self.journal.find_delivered(command.terminal_id, command.stan)
+        except Exception as error:
+            log.error(
+                "journal_lookup_failed",
+                terminal_id=command.terminal_id,
+                stan=command.stan,
+                error=f"{type(error).__name__}: {error}",
+            )
+            records = []
+        self._dispatch(DeliveredFound(command.terminal_id, command.stan, tuple(records)))
 
     def _send_to_acquirer(
         self, link_id: int, frame: Frame, arrival: _Arrival | None = None

@@ -90,6 +90,16 @@ class ReserveStans:
     last_stan: str
 
 
+@snapshot
+class FindDelivered:
+    """Read the journal's delivered authorizations of this terminal on this (terminal's) STAN
+    and hand them back as a ``DeliveredFound`` event, however long that takes: a terminal's
+    reversal of a sale the core no longer remembers waits for them (STAN rewrite)."""
+
+    terminal_id: str
+    stan: str
+
+
 Command = (
     Persist
     | ForwardToAcquirer
@@ -98,4 +108,5 @@ Command = (
     | ReplyToTerminal
     | Notify
     | ReserveStans
+    | FindDelivered
 )

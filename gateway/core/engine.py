@@ -28,13 +28,14 @@ Choices where the rules leave room:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TypedDict, TypeGuard
 
 from gateway.core import notices
 from gateway.core.clock import transmission_time
 from gateway.core.commands import (
     Command,
+    FindDelivered,
     ForwardToAcquirer,
     ForwardToTerminal,
     Notify,
@@ -46,6 +47,7 @@ from gateway.core.commands import (
 from gateway.core.events import (
     UNREADABLE,
     AcquirerResponse,
+    DeliveredFound,
     DeliveryResult,
     Draining,
     Event,
@@ -220,6 +222,10 @@ class GatewayCore:
         self._lingering = 0
         self._open_auths = 0
         self._in_doubt: list[Authorization] = []
+        # Terminal reversals waiting for the journal's delivered sales on (DE 41, STAN), and
+        # the connections among theirs that closed meanwhile (``_look_up_forgotten``).
+        self._finding: dict[tuple[str, str], list[TerminalRequest]] = {}
+        self._closed_while_finding: set[int] = set()
         # Restart: the journal's authorizations, open and recently closed, their requests
         # rebuilt oldest first (as they came in: the newest of two sharing a key wins, as in
         # the old process), then the reversed ones' history.
@@ -275,6 +281,8 @@ class GatewayCore:
             self._on_reversal_requeued(event, now, out)
         elif isinstance(event, Draining):
             self._on_draining(event, now, out)
+        elif isinstance(event, DeliveredFound):
+            self._on_delivered_found(event, now, out)
         else:
             raise TypeError(f"GatewayCore.handle: unknown event type {type(event).__name__}")
         self._reserve_stans(out)
@@ -547,7 +555,9 @@ class GatewayCore:
 
     # terminal requests ---------------------------------------------------------------------------
 
-    def _on_terminal_request(self, event: TerminalRequest, now: float, out: list[Command]) -> None:
+    def _on_terminal_request(
+        self, event: TerminalRequest, now: float, out: list[Command], *, looked_up: bool = False
+    ) -> None:
         info = classify(event.mti)
         if not info.valid or info.response:
             out.append(
@@ -559,6 +569,8 @@ class GatewayCore:
             auth = self._find_original(fields)
             if auth is not None:
                 self._on_terminal_reversal(event, auth, now, out)
+                return
+            if self._look_up_forgotten(event, out, looked_up):
                 return
         dup_key = duplicate_key(info.base, fields, self._duplicate_fields)
         original = self._by_duplicate.get(dup_key)
@@ -1113,6 +1125,8 @@ class GatewayCore:
         """What the connection waited for stays owned by the core; only the answer has
         nowhere to go (an approval arriving later is reversed as undeliverable)."""
         conn_id = event.conn_id
+        if any(r.conn_id == conn_id for waiting in self._finding.values() for r in waiting):
+            self._closed_while_finding.add(conn_id)
         for item in self._conn_waits.pop(conn_id, ()):
             if isinstance(item, int):
                 entry = self._deliveries.pop(item, None)
@@ -1132,7 +1146,13 @@ class GatewayCore:
         """The authorization a terminal's reversal refers to: by DE 90 (original MTI, STAN,
         DE 7) and DE 41 when it carries DE 90, else by DE 41 + DE 11 + DE 4 (CUP terminals
         resend the original's STAN)."""
-        terminal_id = fields.get("41")
+        return self._original_among(self._by_terminal.get(_original_key(fields), ()), fields)
+
+    def _original_among(
+        self, candidates: Sequence[Authorization], fields: Mapping[str, str]
+    ) -> Authorization | None:
+        """The newest of ``candidates`` (oldest first, all of the terminal and STAN the
+        reversal names) that a terminal's reversal with ``fields`` refers to."""
         identity = self._identity_of(fields)
         original_data = fields.get("90")
         if original_data and len(original_data) >= 20:
@@ -1141,7 +1161,7 @@ class GatewayCore:
                 return None
             sent_at = original_data[10:20]
             base = base_mti(original_mti)
-            for auth in reversed(self._by_terminal.get((terminal_id, original_data[4:10]), ())):
+            for auth in reversed(candidates):
                 if (
                     (auth.transmission_time or "0000000000") == sent_at
                     and base_mti(auth.mti) == base
@@ -1150,12 +1170,61 @@ class GatewayCore:
                     return auth
             return None
         amount = fields.get("4")
-        for auth in reversed(self._by_terminal.get((terminal_id, fields.get("11")), ())):
+        for auth in reversed(candidates):
             if (amount is None or auth.amount is None or auth.amount == amount) and (
                 _same_identity(identity, auth.identity)
             ):
                 return auth
         return None
+
+    def _look_up_forgotten(
+        self, event: TerminalRequest, out: list[Command], looked_up: bool
+    ) -> bool:
+        """Under STAN rewrite, a terminal's reversal of a sale no longer remembered (its
+        duplicate window is over) names it by the terminal's STAN, which the acquirer never
+        saw: forwarded as it is, it would be answered "original not found" and the hold would
+        stay. The journal still has the sale's delivered record, its acquirer STAN among it:
+        the reversal waits for it (``FindDelivered``, answered by ``DeliveredFound``)."""
+        terminal_id, stan = _original_key(event.fields)
+        if looked_up or not self._rewrite or terminal_id is None or stan is None:
+            return False
+        waiting = self._finding.get((terminal_id, stan))
+        if waiting is None:
+            self._finding[(terminal_id, stan)] = [event]
+            out.append(FindDelivered(terminal_id, stan))
+        else:  # its repeat, or another reversal of the same sale: one lookup for all
+            waiting.append(event)
+        return True
+
+    def _on_delivered_found(self, event: DeliveredFound, now: float, out: list[Command]) -> None:
+        """The journal's delivered sales on the terminal and STAN that reversals wait for:
+        the one each reversal refers to is remembered again (as an authorization closed
+        since, its request no longer lingering), so the reversal is tied to it and goes
+        upstream as *the* reversal of that sale, naming it by its acquirer STAN. Without one
+        the reversal goes upstream as it is."""
+        key = (event.terminal_id, event.stan)
+        waiting = self._finding.pop(key, [])
+        known = {auth.txn_id for auth in self._by_terminal.get(key, ())}
+        candidates = [
+            self._closed_authorization(record)
+            for record in sorted(event.records, key=lambda record: record.txn_id)
+            if record.state is AuthState.DELIVERED
+            and record.reversal_fields  # closed by a version that kept nothing to tie it by
+            and record.txn_id not in known
+        ]
+        for request in waiting:
+            if self._find_original(request.fields) is None:
+                auth = self._original_among(candidates, request.fields)
+                if auth is not None:
+                    candidates.remove(auth)
+                    remembered = self._by_terminal.setdefault(key, [])
+                    remembered.append(auth)
+                    remembered.sort(key=_txn_id)
+            self._on_terminal_request(request, now, out, looked_up=True)
+            if request.conn_id in self._closed_while_finding:
+                # Its terminal hung up meanwhile: what it would wait for is let go at once.
+                self._on_terminal_closed(TerminalClosed(request.conn_id), now, out)
+        self._closed_while_finding -= {request.conn_id for request in waiting}
 
     def _may_hold_unknown(self, auth: Authorization) -> bool:
         """Its reversal was answered "original not found" (it released nothing) and its
@@ -1864,6 +1933,15 @@ def _contradicts(
 
 def _txn_id(auth: Authorization) -> int:
     return auth.txn_id
+
+
+def _original_key(fields: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """(DE 41, STAN) of the original a terminal's reversal names: the STAN in DE 90 when it
+    carries one, else its own DE 11 (CUP terminals resend the original's)."""
+    original_data = fields.get("90")
+    if original_data and len(original_data) >= 20:
+        return fields.get("41"), original_data[4:10]
+    return fields.get("41"), fields.get("11")
 
 
 def _same_identity(asked: tuple[str | None, ...], known: tuple[str | None, ...]) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gateway.core.records import AuthorizationRecord
 from gateway.wire.dialect import Dialect
 from gateway.wire.framing import Frame
 from gateway.wire.masking import DEFAULT_SENSITIVE_FIELDS
@@ -137,6 +138,16 @@ class Draining:
     final: bool = False
 
 
+@snapshot
+class DeliveredFound:
+    """The answer to a ``FindDelivered``: what the journal holds (newest first; none when it
+    could not be read)."""
+
+    terminal_id: str
+    stan: str
+    records: tuple[AuthorizationRecord, ...] = ()
+
+
 Event = (
     TerminalRequest
     | AcquirerResponse
@@ -146,4 +157,5 @@ Event = (
     | DeliveryResult
     | ReversalRequeued
     | Draining
+    | DeliveredFound
 )

@@ -27,6 +27,7 @@ from typing import Any
 from gateway.core.clock import transmission_time
 from gateway.core.commands import (
     Command,
+    FindDelivered,
     ForwardToAcquirer,
     ForwardToTerminal,
     Notify,
@@ -38,6 +39,7 @@ from gateway.core.commands import (
 from gateway.core.engine import GatewayCore
 from gateway.core.events import (
     AcquirerResponse,
+    DeliveredFound,
     DeliveryResult,
     Event,
     FieldsRead,
@@ -131,6 +133,9 @@ class Faults:
     hang_up: float = 0.1
     write_fail: float = 0.03
     reverse_after_approval: float = 0.05  # card removed: the terminal reverses its approval
+    # ... of those, sent once the gateway no longer remembers the sale (past its duplicate
+    # window): under STAN rewrite the gateway reads the sale's acquirer STAN from the journal
+    reversal_after_window: float = 0.3
     reverse_on_timeout: float = 0.6
     balance_inquiry: float = 0.1
     link_cuts: int = 2  # at most, per run
@@ -188,6 +193,7 @@ class Terminal:
     conn: int | None = None
     txn: TerminalTxn | None = None
     reversal: dict[str, str] | None = None
+    reversal_of: TerminalTxn | None = None  # the transaction its reversal is for
     reversal_tries: int = 0
 
 
@@ -330,6 +336,7 @@ class Simulation:
         # (DE 41, DE 11) of approvals the gateway flagged as holds it cannot reverse
         self.alerted: set[tuple[str | None, str | None]] = set()
         self.alerted_holds = 0
+        self.delivered_looked_up = 0  # FindDelivered that found the sale in the journal
         self.frames: dict[bytes, Msg] = {}
         self.journal: list[AuthorizationRecord | ReversalRecord] = []
         self.durable = 0
@@ -516,8 +523,30 @@ class Simulation:
                     results.append(DeliveryResult(command.delivery_ref, ok))
             elif isinstance(command, Notify):
                 self._check_notice(command)
+            elif isinstance(command, FindDelivered):
+                incarnation = self.incarnation
+                delay = self.rng.uniform(0.001, 0.05)
+                self.at(self.now + delay, self._find_delivered, command, incarnation)
+            else:
+                raise TypeError(f"the simulation's shell does not know {command!r}")
         for result in results:
             self._to_core(result)
+
+    def _find_delivered(self, command: FindDelivered, incarnation: int) -> None:
+        """What ``Journal.find_delivered`` reads: committed records only."""
+        latest: dict[int, AuthorizationRecord] = {}
+        for record in self.journal[: self.durable]:
+            if isinstance(record, AuthorizationRecord):
+                latest[record.txn_id] = record
+        found = tuple(
+            record
+            for txn_id, record in sorted(latest.items(), reverse=True)
+            if record.state is AuthState.DELIVERED
+            and (record.terminal_id, record.stan) == (command.terminal_id, command.stan)
+        )
+        if found and incarnation == self.incarnation:
+            self.delivered_looked_up += 1
+        self._to_core(DeliveredFound(command.terminal_id, command.stan, found), incarnation)
 
     def _check_rewritten_stan(self, stan: str | None, msg: Msg) -> None:
         """A STAN the gateway allocated is never sent again by a restarted gateway for another
@@ -871,6 +900,7 @@ class Simulation:
         fields["7"] = transmission_time(self.now)
         fields["39"] = "98" if txn.answered is None else "96"
         terminal.reversal = fields
+        terminal.reversal_of = txn
         terminal.reversal_tries = 0
         self._send_reversal(terminal, fields)
 
@@ -900,6 +930,21 @@ class Simulation:
             reversal = terminal.reversal
             if reversal is not None and fields.get("11") == reversal["11"]:
                 terminal.reversal = None
+                if (
+                    reversal["39"] == "96"
+                    and fields.get("39") in self.dialect.reversal.not_found_codes
+                    and terminal.reversal_of is not None
+                    and self.dialect.is_reversible(
+                        terminal.reversal_of.mti, terminal.reversal_of.fields.get("3")
+                    )
+                ):
+                    # It received the approval of a sale, so the acquirer holds it: "not
+                    # found" means the reversal named it wrong (a terminal's STAN the acquirer
+                    # never saw) and the hold stays.
+                    self.violations.append(
+                        f"terminal {terminal.terminal_id}'s reversal of the approval it received "
+                        f"was answered {fields.get('39')}: {reversal}"
+                    )
             return
         code = fields.get("39")
         identity = (terminal.terminal_id, fields.get("11"), fields.get("7"), fields.get("4"))
@@ -921,7 +966,10 @@ class Simulation:
         txn.answered = code
         terminal.txn = None
         if code == "00" and self.active and self.rng.random() < self.faults.reverse_after_approval:
-            self.at(self.now + self.rng.uniform(0, 3), self._terminal_reverses, terminal, txn)
+            delay = self.rng.uniform(0, 3)
+            if self.rng.random() < self.faults.reversal_after_window:
+                delay += self.settings.duplicate_window + 1
+            self.at(self.now + delay, self._terminal_reverses, terminal, txn)
         self._next_txn_later(terminal)
 
     # the invariant -------------------------------------------------------------------------
@@ -993,6 +1041,7 @@ class Simulation:
             "overtaken": self.acquirer.overtaken,
             "answered_after_restart": self.acquirer.answered_after_restart,
             "alerted_holds": self.alerted_holds,
+            "delivered_looked_up": self.delivered_looked_up,
         }
 
 

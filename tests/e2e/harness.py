@@ -137,7 +137,7 @@ class Stack:
 
 def build_service(config: GatewayConfig, journal_path: Path) -> GatewayService:
     dialect = get_dialect(config.gateway.dialect)
-    journal = SqliteJournal(journal_path)
+    journal = SqliteJournal(journal_path, terminal_index=config.acquirer.stan_mode == "rewrite")
     sink = RecordingSink()
     return GatewayService(config, dialect, journal, sink)
 

@@ -41,6 +41,37 @@ async def test_terminal_reversal_of_a_delivered_approval(make_stack: StackFactor
     assert stack.requests_seen("0400") == 1
 
 
+async def test_stan_rewrite_a_terminal_reversal_of_a_forgotten_sale_releases_its_hold(
+    make_stack: StackFactory,
+) -> None:
+    """Under STAN rewrite the acquirer knows the sale by the gateway's STAN. Once the sale is
+    forgotten (past ``duplicates.window``) the terminal's 0400 still reaches it: the gateway
+    reads the sale's acquirer STAN back from the journal. Forwarded as it came (DE 90 naming
+    the terminal's STAN), it would be answered "25" and the hold would stay. Across a restart
+    too."""
+    stack = await make_stack(**{"acquirer.stan_mode": "rewrite", "duplicates.window": 0.2})
+    await stack.links_up()
+    terminal = await stack.terminal()
+    sales = [auth(stan) for stan in (30, 31)]
+    for original in sales:
+        assert (await terminal.send("0200", original)).get("39") == "00"  # type: ignore[union-attr]
+    await asyncio.sleep(0.5)  # past the window: the gateway no longer remembers them
+    assert stack.service.status()["lingering"] == 0
+    answer = await terminal.send("0400", terminal_reversal(sales[0], 32))
+    assert answer is not None and answer.mti == "0410" and answer.get("39") == "00"
+    assert answer.get("11") == "000032"  # its own STAN, put back
+    outcomes = [d.get("outcome") for k, d in events(stack).events if k == "terminal_reversal"]
+    assert outcomes == ["forwarded"]  # as the reversal of that sale, repeated if unanswered
+    await stack.restart_gateway()
+    await stack.links_up()
+    terminal = await stack.terminal()
+    answer = await terminal.send("0400", terminal_reversal(sales[1], 33))
+    assert answer is not None and answer.mti == "0410" and answer.get("39") == "00"
+    holds = stack.holds()
+    assert [(h.released, h.reversals, h.duplicate_reversals) for h in holds] == [(True, 1, 0)] * 2
+    assert stack.requests_seen("0400") == 2
+
+
 async def test_terminal_reversal_after_the_gateways_own(make_stack: StackFactory) -> None:
     """The gateway already reversed it: the terminal is answered locally, nothing upstream."""
     stack = await make_stack(rules=[Rule(mti=frozenset({"0200"}), fault="drop")])

@@ -26,7 +26,7 @@ from gateway.config import GatewayConfig, parse_hostport
 from gateway.core import notices
 from gateway.core.commands import (
     Command,
-    FindDelivered,
+    FindAuthorizations,
     ForwardToAcquirer,
     ForwardToTerminal,
     Notify,
@@ -39,7 +39,7 @@ from gateway.core.engine import GatewayCore
 from gateway.core.events import (
     UNREADABLE,
     AcquirerResponse,
-    DeliveredFound,
+    AuthorizationsFound,
     DeliveryResult,
     Draining,
     Event,
@@ -150,7 +150,8 @@ class GatewayService:
         self._timer_context = contextvars.Context()
         self._timer_deadline: float | None = None
         self._background: list[asyncio.Task[None]] = []
-        self._lookups: set[asyncio.Task[None]] = set()  # FindDelivered, being read
+        self._lookups: set[asyncio.Task[None]] = set()  # FindAuthorizations, being read
+        self._stopping = False  # past the grace period: nothing more reaches the core
         self._stopped = asyncio.Event()
         self.tap: FrameTap | None = None  # set by the capture recorder, when configured
 
@@ -210,9 +211,15 @@ class GatewayService:
             await asyncio.sleep(0.05)
         if self._lookups:  # terminal reversals waiting for the journal: tied before the end
             await asyncio.wait(self._lookups, timeout=LOOKUPS_AT_STOP)
+            # One still reading is dropped (nothing of it was journaled): its terminal repeats
+            # its reversal to the next process. It must not reach the core or a closed journal.
+            for lookup in list(self._lookups):
+                lookup.cancel()
+            await asyncio.gather(*self._lookups, return_exceptions=True)
         # Past the grace: what still waits is declined to its terminal now and its reversal
         # journaled (and sent, if a link is still up, before the links stop).
         self._dispatch(Draining(final=True))
+        self._stopping = True
         for task in self._background:
             task.cancel()
         for task in self._background:
@@ -322,16 +329,18 @@ class GatewayService:
             elif isinstance(command, ReserveStans):
                 # Like a Persist: what follows waits for it to be durable.
                 self._last_persist_seq = self.journal.put_meta(STAN_META_KEY, command.last_stan)
-            elif isinstance(command, FindDelivered):
-                lookup = asyncio.get_running_loop().create_task(self._find_delivered(command))
+            elif isinstance(command, FindAuthorizations):
+                lookup = asyncio.get_running_loop().create_task(self._find_authorizations(command))
                 self._lookups.add(lookup)
                 lookup.add_done_callback(self._lookups.discard)
 
-    async def _find_delivered(self, command: FindDelivered) -> None:
+    async def _find_authorizations(self, command: FindAuthorizations) -> None:
         """Read what a terminal's reversal waits for, off the loop, and hand it to the core.
         A journal that cannot be read gives nothing: the reversal then goes as it is."""
+        if self._stopping:
+            return
         try:
-            records = await self.journal.find_delivered(command.terminal_id, command.stan)
+            records = await self.journal.find_authorizations(command.terminal_id, command.stan)
         except Exception as error:
             log.error(
                 "journal_lookup_failed",
@@ -340,7 +349,9 @@ class GatewayService:
                 error=f"{type(error).__name__}: {error}",
             )
             records = []
-        self._dispatch(DeliveredFound(command.terminal_id, command.stan, tuple(records)))
+        if self._stopping:  # the journal may be closed by now: the terminal repeats it
+            return
+        self._dispatch(AuthorizationsFound(command.terminal_id, command.stan, tuple(records)))
 
     def _send_to_acquirer(
         self, link_id: int, frame: Frame, arrival: _Arrival | None = None

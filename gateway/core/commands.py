@@ -91,9 +91,9 @@ class ReserveStans:
 
 
 @snapshot
-class FindDelivered:
-    """Read the journal's delivered authorizations of this terminal on this (terminal's) STAN
-    and hand them back as a ``DeliveredFound`` event, however long that takes: a terminal's
+class FindAuthorizations:
+    """Read the journal's authorizations of this terminal on this (terminal's) STAN and hand
+    them back as an ``AuthorizationsFound`` event, however long that takes: a terminal's
     reversal of a sale the core no longer remembers waits for them (STAN rewrite)."""
 
     terminal_id: str
@@ -108,5 +108,5 @@ Command = (
     | ReplyToTerminal
     | Notify
     | ReserveStans
-    | FindDelivered
+    | FindAuthorizations
 )

@@ -35,7 +35,7 @@ from gateway.core import notices
 from gateway.core.clock import transmission_time
 from gateway.core.commands import (
     Command,
-    FindDelivered,
+    FindAuthorizations,
     ForwardToAcquirer,
     ForwardToTerminal,
     Notify,
@@ -47,7 +47,7 @@ from gateway.core.commands import (
 from gateway.core.events import (
     UNREADABLE,
     AcquirerResponse,
-    DeliveredFound,
+    AuthorizationsFound,
     DeliveryResult,
     Draining,
     Event,
@@ -281,8 +281,8 @@ class GatewayCore:
             self._on_reversal_requeued(event, now, out)
         elif isinstance(event, Draining):
             self._on_draining(event, now, out)
-        elif isinstance(event, DeliveredFound):
-            self._on_delivered_found(event, now, out)
+        elif isinstance(event, AuthorizationsFound):
+            self._on_authorizations_found(event, now, out)
         else:
             raise TypeError(f"GatewayCore.handle: unknown event type {type(event).__name__}")
         self._reserve_stans(out)
@@ -1154,8 +1154,8 @@ class GatewayCore:
         """The newest of ``candidates`` (oldest first, all of the terminal and STAN the
         reversal names) that a terminal's reversal with ``fields`` refers to."""
         identity = self._identity_of(fields)
-        original_data = fields.get("90")
-        if original_data and len(original_data) >= 20:
+        original_data = _original_data(fields)
+        if original_data is not None:
             original_mti = original_data[:4]
             if not is_valid_mti(original_mti):
                 return None
@@ -1184,38 +1184,40 @@ class GatewayCore:
         duplicate window is over) names it by the terminal's STAN, which the acquirer never
         saw: forwarded as it is, it would be answered "original not found" and the hold would
         stay. The journal still has the sale's delivered record, its acquirer STAN among it:
-        the reversal waits for it (``FindDelivered``, answered by ``DeliveredFound``)."""
+        the reversal waits for the terminal's authorizations on that STAN
+        (``FindAuthorizations``, answered by ``AuthorizationsFound``)."""
         terminal_id, stan = _original_key(event.fields)
         if looked_up or not self._rewrite or terminal_id is None or stan is None:
             return False
         waiting = self._finding.get((terminal_id, stan))
         if waiting is None:
             self._finding[(terminal_id, stan)] = [event]
-            out.append(FindDelivered(terminal_id, stan))
+            out.append(FindAuthorizations(terminal_id, stan))
         else:  # its repeat, or another reversal of the same sale: one lookup for all
             waiting.append(event)
         return True
 
-    def _on_delivered_found(self, event: DeliveredFound, now: float, out: list[Command]) -> None:
-        """The journal's delivered sales on the terminal and STAN that reversals wait for:
-        the one each reversal refers to is remembered again (as an authorization closed
-        since, its request no longer lingering), so the reversal is tied to it and goes
-        upstream as *the* reversal of that sale, naming it by its acquirer STAN. Without one
-        the reversal goes upstream as it is."""
+    def _on_authorizations_found(
+        self, event: AuthorizationsFound, now: float, out: list[Command]
+    ) -> None:
+        """The journal's authorizations on the terminal and STAN that reversals wait for. The
+        one a reversal names is remembered again (closed, its request no longer lingering)
+        when it is a delivered sale it may be tied to (``_may_tie_forgotten``): the reversal
+        then goes upstream as *the* reversal of that sale, naming it by its acquirer STAN.
+        Otherwise the reversal goes upstream as it is."""
         key = (event.terminal_id, event.stan)
         waiting = self._finding.pop(key, [])
         known = {auth.txn_id for auth in self._by_terminal.get(key, ())}
+        newest = max((*known, *(record.txn_id for record in event.records)), default=0)
         candidates = [
             self._closed_authorization(record)
             for record in sorted(event.records, key=lambda record: record.txn_id)
-            if record.state is AuthState.DELIVERED
-            and record.reversal_fields  # closed by a version that kept nothing to tie it by
-            and record.txn_id not in known
+            if record.state not in OPEN_AUTH_STATES and record.txn_id not in known
         ]
         for request in waiting:
             if self._find_original(request.fields) is None:
                 auth = self._original_among(candidates, request.fields)
-                if auth is not None:
+                if auth is not None and self._may_tie_forgotten(auth, request, newest, now):
                     candidates.remove(auth)
                     remembered = self._by_terminal.setdefault(key, [])
                     remembered.append(auth)
@@ -1224,7 +1226,26 @@ class GatewayCore:
             if request.conn_id in self._closed_while_finding:
                 # Its terminal hung up meanwhile: what it would wait for is let go at once.
                 self._on_terminal_closed(TerminalClosed(request.conn_id), now, out)
-        self._closed_while_finding -= {request.conn_id for request in waiting}
+        still_waiting = {
+            request.conn_id for pending in self._finding.values() for request in pending
+        }
+        self._closed_while_finding &= still_waiting
+
+    def _may_tie_forgotten(
+        self, auth: Authorization, request: TerminalRequest, newest: int, now: float
+    ) -> bool:
+        """Only a delivered sale (a declined or reversed one holds nothing the terminal knows
+        of), with the fields to tie it by. DE 90 names one sale by its transmission time.
+        Without DE 90 the reversal names the newest authorization on its STAN by amount
+        alone, and a terminal that starts its STANs again each day has a sale a day on each:
+        only the newest is tied, and only within ``history_window`` of its delivery, never an
+        older day's sale because today's on that STAN was declined or never arrived."""
+        if auth.state is not AuthState.DELIVERED or not auth.reversal_fields:
+            return False
+        if _original_data(request.fields) is not None:
+            return True
+        closed_at = auth.closed_at if auth.closed_at is not None else auth.updated_at
+        return auth.txn_id == newest and now - closed_at < self.settings.history_window
 
     def _may_hold_unknown(self, auth: Authorization) -> bool:
         """Its reversal was answered "original not found" (it released nothing) and its
@@ -1935,11 +1956,18 @@ def _txn_id(auth: Authorization) -> int:
     return auth.txn_id
 
 
+def _original_data(fields: Mapping[str, str]) -> str | None:
+    """DE 90 of a terminal's reversal, when it carries one that names an original (MTI, STAN,
+    DE 7)."""
+    original_data = fields.get("90")
+    return original_data if original_data and len(original_data) >= 20 else None
+
+
 def _original_key(fields: Mapping[str, str]) -> tuple[str | None, str | None]:
     """(DE 41, STAN) of the original a terminal's reversal names: the STAN in DE 90 when it
     carries one, else its own DE 11 (CUP terminals resend the original's)."""
-    original_data = fields.get("90")
-    if original_data and len(original_data) >= 20:
+    original_data = _original_data(fields)
+    if original_data is not None:
         return fields.get("41"), original_data[4:10]
     return fields.get("41"), fields.get("11")
 

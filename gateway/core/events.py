@@ -139,9 +139,9 @@ class Draining:
 
 
 @snapshot
-class DeliveredFound:
-    """The answer to a ``FindDelivered``: what the journal holds (newest first; none when it
-    could not be read)."""
+class AuthorizationsFound:
+    """The answer to a ``FindAuthorizations``: what the journal holds, in every state (newest
+    first; none when it could not be read)."""
 
     terminal_id: str
     stan: str
@@ -157,5 +157,5 @@ Event = (
     | DeliveryResult
     | ReversalRequeued
     | Draining
-    | DeliveredFound
+    | AuthorizationsFound
 )

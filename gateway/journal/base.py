@@ -198,12 +198,12 @@ class Journal(Protocol):
         for the rest of its duplicate window."""
         ...
 
-    async def find_delivered(self, terminal_id: str, stan: str) -> list[AuthorizationRecord]:
-        """Delivered authorizations of one terminal with this (terminal) STAN, newest first, as
-        long as the journal keeps them (``retention_days``), at most a few dozen: under STAN
-        rewrite a terminal's reversal of a sale the gateway no longer remembers is tied to it
-        by these. A backend may need an index for it; the gateway asks for one only under
-        STAN rewrite."""
+    async def find_authorizations(self, terminal_id: str, stan: str) -> list[AuthorizationRecord]:
+        """The authorizations of one terminal with this (terminal) STAN, in every state, newest
+        first, as long as the journal keeps them (``retention_days``), at most a few dozen:
+        under STAN rewrite a terminal's reversal of a sale the gateway no longer remembers is
+        tied to it by these (and not to an older one when the newest is not delivered). A
+        backend may need an index for it; the gateway asks for one only under STAN rewrite."""
         ...
 
     async def next_ids(self) -> NextIds:

@@ -47,7 +47,6 @@ from gateway.core.records import (
     OPEN_AUTH_STATES,
     OPEN_REVERSAL_STATES,
     AuthorizationRecord,
-    AuthState,
     ReversalRecord,
     ReversalState,
 )
@@ -81,7 +80,7 @@ SCHEMA_VERSION = 2
 # Version 1 -> 2: reversals.expires_at (an operator's retry renews a reversal's expiry, and a
 # restart must not take it back). Older files are upgraded in place at start.
 _MIGRATIONS = {1: ("ALTER TABLE reversals ADD COLUMN expires_at REAL",)}
-# Authorizations by terminal and STAN, for ``find_delivered`` (STAN rewrite only: a terminal's
+# Authorizations by terminal and STAN, for ``find_authorizations`` (STAN rewrite only: a terminal's
 # reversal of a sale the gateway no longer remembers). Kept only where asked for
 # (``terminal_index``): with terminals by the thousand each insert lands on another page of it,
 # 5-9 µs a transaction (bench/README.md).
@@ -172,7 +171,7 @@ _TRIES_AT_CLOSE = 3
 # adds a few pages to the WAL (table leaf, index leaves), so this keeps the WAL near the size
 # at which SQLite's own automatic checkpoint would run, inside a commit, on the loop.
 _CHECKPOINT_ROWS = 500
-# find_delivered: a terminal that starts its STANs again every day has one sale per day on a
+# find_authorizations: a terminal that starts its STANs again every day has one sale per day on a
 # STAN; more than this many within the retention period is not a terminal's own reuse.
 _FOUND_LIMIT = 50
 # Pruning deletes this many rows per transaction (~3 ms), then pauses longer than the loop's
@@ -204,7 +203,7 @@ class SqliteJournal:
         on_error: ErrorListener | None = None,
         terminal_index: bool | None = None,
     ) -> None:
-        """``terminal_index``: keep the index ``find_delivered`` reads (True: create it at
+        """``terminal_index``: keep the index ``find_authorizations`` reads (True: create it at
         start, False: drop it, None: leave the file as it is, for the operator commands)."""
         if durability not in DURABILITIES:
             raise ValueError(f"journal durability must be 'process' or 'power', not {durability!r}")
@@ -782,12 +781,12 @@ class SqliteJournal:
 
         return [auth_from_row(row) for row in await self._side_call(work)]
 
-    async def find_delivered(self, terminal_id: str, stan: str) -> list[AuthorizationRecord]:
+    async def find_authorizations(self, terminal_id: str, stan: str) -> list[AuthorizationRecord]:
         def work(conn: sqlite3.Connection) -> list[Row]:
             return conn.execute(
-                f"{_SELECT_AUTH} WHERE terminal_id = ? AND stan = ? AND state = ? "
+                f"{_SELECT_AUTH} WHERE terminal_id = ? AND stan = ? "
                 f"ORDER BY txn_id DESC LIMIT {_FOUND_LIMIT}",
-                (terminal_id, stan, AuthState.DELIVERED.value),
+                (terminal_id, stan),
             ).fetchall()
 
         return [auth_from_row(row) for row in await self._side_call(work)]

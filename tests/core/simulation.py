@@ -27,7 +27,7 @@ from typing import Any
 from gateway.core.clock import transmission_time
 from gateway.core.commands import (
     Command,
-    FindDelivered,
+    FindAuthorizations,
     ForwardToAcquirer,
     ForwardToTerminal,
     Notify,
@@ -39,7 +39,7 @@ from gateway.core.commands import (
 from gateway.core.engine import GatewayCore
 from gateway.core.events import (
     AcquirerResponse,
-    DeliveredFound,
+    AuthorizationsFound,
     DeliveryResult,
     Event,
     FieldsRead,
@@ -336,7 +336,7 @@ class Simulation:
         # (DE 41, DE 11) of approvals the gateway flagged as holds it cannot reverse
         self.alerted: set[tuple[str | None, str | None]] = set()
         self.alerted_holds = 0
-        self.delivered_looked_up = 0  # FindDelivered that found the sale in the journal
+        self.lookups_found_delivered = 0  # FindAuthorizations that found a delivered sale
         self.frames: dict[bytes, Msg] = {}
         self.journal: list[AuthorizationRecord | ReversalRecord] = []
         self.durable = 0
@@ -523,17 +523,17 @@ class Simulation:
                     results.append(DeliveryResult(command.delivery_ref, ok))
             elif isinstance(command, Notify):
                 self._check_notice(command)
-            elif isinstance(command, FindDelivered):
+            elif isinstance(command, FindAuthorizations):
                 incarnation = self.incarnation
                 delay = self.rng.uniform(0.001, 0.05)
-                self.at(self.now + delay, self._find_delivered, command, incarnation)
+                self.at(self.now + delay, self._find_authorizations, command, incarnation)
             else:
                 raise TypeError(f"the simulation's shell does not know {command!r}")
         for result in results:
             self._to_core(result)
 
-    def _find_delivered(self, command: FindDelivered, incarnation: int) -> None:
-        """What ``Journal.find_delivered`` reads: committed records only."""
+    def _find_authorizations(self, command: FindAuthorizations, incarnation: int) -> None:
+        """What ``Journal.find_authorizations`` reads: committed records only."""
         latest: dict[int, AuthorizationRecord] = {}
         for record in self.journal[: self.durable]:
             if isinstance(record, AuthorizationRecord):
@@ -541,12 +541,13 @@ class Simulation:
         found = tuple(
             record
             for txn_id, record in sorted(latest.items(), reverse=True)
-            if record.state is AuthState.DELIVERED
-            and (record.terminal_id, record.stan) == (command.terminal_id, command.stan)
+            if (record.terminal_id, record.stan) == (command.terminal_id, command.stan)
         )
-        if found and incarnation == self.incarnation:
-            self.delivered_looked_up += 1
-        self._to_core(DeliveredFound(command.terminal_id, command.stan, found), incarnation)
+        if incarnation == self.incarnation and any(
+            record.state is AuthState.DELIVERED for record in found
+        ):
+            self.lookups_found_delivered += 1
+        self._to_core(AuthorizationsFound(command.terminal_id, command.stan, found), incarnation)
 
     def _check_rewritten_stan(self, stan: str | None, msg: Msg) -> None:
         """A STAN the gateway allocated is never sent again by a restarted gateway for another
@@ -1041,7 +1042,7 @@ class Simulation:
             "overtaken": self.acquirer.overtaken,
             "answered_after_restart": self.acquirer.answered_after_restart,
             "alerted_holds": self.alerted_holds,
-            "delivered_looked_up": self.delivered_looked_up,
+            "lookups_found_delivered": self.lookups_found_delivered,
         }
 
 

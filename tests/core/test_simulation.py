@@ -48,7 +48,7 @@ def test_the_invariant_holds_for_every_seed() -> None:
         assert totals["overtaken"] > 0  # reversals answered "25" before their approval
         assert totals["answered_after_restart"] > 0  # a crashed process's answers, by station
         # terminals' reversals of sales forgotten under STAN rewrite, tied through the journal
-        assert totals["delivered_looked_up"] > 0
+        assert totals["lookups_found_delivered"] > 0
 
 
 HEAVY_FAULTS = Faults(

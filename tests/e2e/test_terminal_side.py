@@ -72,6 +72,40 @@ async def test_stan_rewrite_a_terminal_reversal_of_a_forgotten_sale_releases_its
     assert stack.requests_seen("0400") == 2
 
 
+async def test_a_journal_lookup_still_reading_at_stop_is_dropped_cleanly(
+    make_stack: StackFactory,
+) -> None:
+    """A terminal's reversal waits for the journal (STAN rewrite, sale forgotten) and the read
+    outlasts the stop's wait for it: it is dropped, nothing reaches the stopped core or the
+    closed journal, and the terminal's repeat to the next process is tied as usual."""
+    stack = await make_stack(**{"acquirer.stan_mode": "rewrite", "duplicates.window": 0.2})
+    await stack.links_up()
+    terminal = await stack.terminal()
+    original = auth(34)
+    assert (await terminal.send("0200", original)).get("39") == "00"  # type: ignore[union-attr]
+    await asyncio.sleep(0.5)
+    journal = stack.service.journal
+    read = journal.find_authorizations
+
+    async def slow_read(terminal_id: str, stan: str) -> list[Any]:
+        await asyncio.sleep(3.0)  # longer than the stop waits (LOOKUPS_AT_STOP)
+        return await read(terminal_id, stan)
+
+    journal.find_authorizations = slow_read  # type: ignore[method-assign]
+    sending = asyncio.create_task(terminal.send("0400", terminal_reversal(original, 35)))
+    await stack.settle(lambda: bool(stack.service._lookups), what="the journal lookup")
+    lookups = list(stack.service._lookups)
+    await stack.restart_gateway()
+    assert all(lookup.cancelled() for lookup in lookups)
+    assert stack.requests_seen("0400") == 0
+    sending.cancel()
+    await stack.links_up()
+    again = await stack.terminal()
+    answer = await again.send("0401", terminal_reversal(original, 35))
+    assert answer is not None and answer.mti == "0410" and answer.get("39") == "00"
+    assert [(h.released, h.reversals) for h in stack.holds()] == [(True, 1)]
+
+
 async def test_terminal_reversal_after_the_gateways_own(make_stack: StackFactory) -> None:
     """The gateway already reversed it: the terminal is answered locally, nothing upstream."""
     stack = await make_stack(rules=[Rule(mti=frozenset({"0200"}), fault="drop")])

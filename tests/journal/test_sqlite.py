@@ -547,36 +547,39 @@ async def test_the_index_by_terminal_is_kept_only_where_asked_for(journal_path: 
     assert ("authorizations_terminal",) in indexes()
     assert "authorizations_terminal" in str(raw_rows(journal_path, f"EXPLAIN QUERY PLAN {query}"))
     async with SqliteJournal(journal_path) as journal:  # saf list, saf retry, status
-        [found] = await journal.find_delivered("TERM0001", "000007")
+        [found] = await journal.find_authorizations("TERM0001", "000007")
         assert (found.txn_id, found.acquirer_stan) == (7, "000507")
     assert ("authorizations_terminal",) in indexes()
     async with SqliteJournal(journal_path, terminal_index=False) as journal:
-        [found] = await journal.find_delivered("TERM0001", "000007")  # a scan, still right
+        [found] = await journal.find_authorizations("TERM0001", "000007")  # a scan, still right
         assert found.txn_id == 7
     assert ("authorizations_terminal",) not in indexes()
 
 
-async def test_find_delivered_gives_a_terminals_delivered_sales_on_a_stan_newest_first(
+async def test_find_authorizations_gives_a_terminals_authorizations_on_a_stan_newest_first(
     journal: SqliteJournal,
 ) -> None:
     """Under STAN rewrite a terminal's reversal of a sale the gateway no longer remembers is
-    tied to it by what the journal kept: its acquirer STAN among it, never card data."""
+    tied to it by what the journal kept: its acquirer STAN among it, never card data. Every
+    state: a newer sale on the STAN that was declined must keep an older one from being
+    taken for it."""
     kept = {"7": "0908064519", "11": "000900", "41": "TERM0001"}
     journal.put(make_auth(1, AuthState.DELIVERED, stan="000042", reversal_fields=kept))
     journal.put(make_auth(2, AuthState.DELIVERED, stan="000042", reversal_fields=kept))
     journal.put(make_auth(3, AuthState.DECLINED, stan="000042", reversal_fields=kept))
-    journal.put(make_auth(4, AuthState.REVERSED, stan="000042", reversal_fields=kept))
-    journal.put(make_auth(5, AuthState.APPROVED, stan="000042"))  # open: the core has it
+    journal.put(make_auth(4, AuthState.APPROVED, stan="000042"))
     journal.put(make_auth(6, AuthState.DELIVERED, stan="000042", terminal_id="TERM0002"))
     journal.put(make_auth(7, AuthState.DELIVERED, stan="000043", reversal_fields=kept))
     await journal.flush()
-    found = await journal.find_delivered("TERM0001", "000042")
+    found = await journal.find_authorizations("TERM0001", "000042")
     assert [(a.txn_id, a.state, a.acquirer_stan) for a in found] == [
+        (4, AuthState.APPROVED, "000504"),
+        (3, AuthState.DECLINED, "000503"),
         (2, AuthState.DELIVERED, "000502"),
         (1, AuthState.DELIVERED, "000501"),
     ]
-    assert dict(found[0].reversal_fields) == kept
-    assert await journal.find_delivered("TERM0009", "000042") == []
+    assert dict(found[2].reversal_fields) == kept
+    assert await journal.find_authorizations("TERM0009", "000042") == []
 
 
 async def test_an_update_keeps_an_authorizations_terminal_and_stan(
@@ -587,7 +590,7 @@ async def test_an_update_keeps_an_authorizations_terminal_and_stan(
     await journal.flush()
     journal.put(make_auth(1, AuthState.DELIVERED, stan="000042", reversal_fields={}))
     await journal.flush()
-    [found] = await journal.find_delivered("TERM0001", "000042")
+    [found] = await journal.find_authorizations("TERM0001", "000042")
     assert (found.created_at, found.state) == (T0 + 1, AuthState.DELIVERED)
 
 

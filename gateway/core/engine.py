@@ -732,7 +732,11 @@ class GatewayCore:
         self, event: AcquirerResponse, now: float, out: list[Command]
     ) -> None:
         info = classify(event.mti)
-        target = self._match(event.mti, event.fields) if info.valid and info.response else None
+        target = (
+            self._match(event.mti, event.fields, event.link_id)
+            if info.valid and info.response
+            else None
+        )
         if target is None:
             reason = "no_request" if info.valid and info.response else "not_a_response"
             data = notices.response_data(event.mti, event.fields, event.link_id, reason)
@@ -760,7 +764,7 @@ class GatewayCore:
             return False
         return self.dialect.is_reversible(request_mti(event.mti), event.fields.get("3"))
 
-    def _match(self, mti: str, fields: Mapping[str, str]) -> _Matchable | None:
+    def _match(self, mti: str, fields: Mapping[str, str], link_id: int) -> _Matchable | None:
         candidates = self._index.get((mti, fields.get(self._index_field)))
         if not candidates:
             return None
@@ -781,6 +785,9 @@ class GatewayCore:
         # A reversal closed by a "25" that still listens for its other attempts' answers:
         # only when nothing open shares its key (an open one's answer must never settle it).
         listening: Reversal | None = None
+        # The gateway's reversals on the wire with this key. Two at once: the same terminal and
+        # STAN on two days (dialects whose reversals carry the original's STAN), both owed.
+        sent: list[Reversal] = []
         for candidate in candidates:
             if values_agree(candidate.match_values, values):
                 if isinstance(candidate, Pending):
@@ -798,14 +805,26 @@ class GatewayCore:
                             contradicted = candidate
                         continue
                     if candidate.phase is Phase.AWAITING:
+                        if sent:
+                            break  # a reversal on the wire came first, as before
                         return candidate
                 elif candidate.state is ReversalState.SENT:
-                    return candidate
+                    if not telling:
+                        return candidate
+                    sent.append(candidate)
+                    continue
                 elif candidate.state in _CLOSED_REVERSAL:
                     if listening is None:
                         listening = candidate
                     continue
                 others.append(candidate)
+        if sent:
+            # The one its echoed fields (the original's DE 12, 13 or 37) do not contradict and,
+            # of those, the one sent on the link the answer came on: acquirers answer on the
+            # connection they were asked on (one that answers elsewhere gets the first).
+            fitting = [r for r in sent if not _contradicts(r.fields, fields, _TELLING_FIELDS)]
+            fitting = fitting or sent
+            return next((r for r in fitting if r.link_id == link_id), fitting[0])
         if len(others) > 1:
             # The acquirer repeating the answer one of them got goes to that one: a decline
             # taken for another request's would settle its reversal. Else the oldest not

@@ -138,6 +138,9 @@ class Faults:
     reversal_after_window: float = 0.3
     reverse_on_timeout: float = 0.6
     balance_inquiry: float = 0.1
+    # A terminal starts its STANs again (a new business day) 90-120 s into the run: its sales
+    # reuse the STANs of its first ones, half of them with the same amount.
+    new_day: float = 0.3
     link_cuts: int = 2  # at most, per run
     crash: float = 0.4  # chance of a crash per run (a second one with this chance squared)
 
@@ -165,6 +168,7 @@ class Original:
 
     key: Key
     amount: str
+    day: str | None  # DE 13: with the terminal and STAN, what a reversal without DE 90 names
     code: str
     approval_code: str | None
     holds: bool
@@ -195,6 +199,9 @@ class Terminal:
     reversal: dict[str, str] | None = None
     reversal_of: TerminalTxn | None = None  # the transaction its reversal is for
     reversal_tries: int = 0
+    first_stan: int = 0  # where it starts its STANs again on a new day
+    day: str = "1114"  # DE 13
+    amounts: dict[str, str] = field(default_factory=dict)  # by STAN, of its last sale on it
 
 
 class Acquirer:
@@ -235,6 +242,7 @@ class Acquirer:
             original = Original(
                 key=key,
                 amount=fields.get("4", ""),
+                day=fields.get("13"),
                 code="00" if approved else self.rng.choice(("05", "51")),
                 approval_code=f"{self.rng.randrange(1_000_000):06d}" if approved else None,
                 holds=approved and holding,
@@ -253,11 +261,13 @@ class Acquirer:
         terminal_id = fields.get("41")
         if de90 and de90.strip("0"):
             return self.originals.get((terminal_id, de90[4:10], de90[10:20]))
-        for original in self.originals.values():
+        day = fields.get("13")
+        for original in reversed(self.originals.values()):  # the newest of a reused STAN
             if (
                 original.key[0] == terminal_id
                 and original.key[1] == fields.get("11")
                 and original.amount == fields.get("4")
+                and (day is None or original.day is None or original.day == day)
             ):
                 return original
         return None
@@ -361,6 +371,12 @@ class Simulation:
         self.terminals = [
             Terminal(f"T{n:07d}", stan=self.rng.randrange(1, 900_000)) for n in range(terminals)
         ]
+        for terminal in self.terminals:
+            terminal.first_stan = terminal.stan
+        # The original at the acquirer of each request the gateway forwarded, by the terminal's
+        # DE 41, 11, 7, 4; and those a terminal's own reversal named.
+        self.acquirer_key_of: dict[tuple[str | None, ...], Key] = {}
+        self.reversal_intents: set[Key] = set()
         self.core = self._new_core([], [], 1, 1)
         for link_id in LINKS:
             self._to_core(LinkUp(link_id))
@@ -378,6 +394,8 @@ class Simulation:
     def run(self) -> list[str]:
         for terminal in self.terminals:
             self.at(self.now + self.rng.uniform(0, 5), self._start_txn, terminal)
+            if self.rng.random() < self.faults.new_day:
+                self.at(T0 + self.rng.uniform(90, 120), self._new_day, terminal)
         for _ in range(self.rng.randint(0, self.faults.link_cuts)):
             self.at(
                 T0 + self.rng.uniform(0, ACTIVE_SECONDS), self._cut_link, self.rng.choice(LINKS)
@@ -490,6 +508,11 @@ class Simulation:
                 fields = {**msg.fields, **command.replace}
                 if msg.mti[1] in "12":
                     self._count_forward(msg)
+                    self.acquirer_key_of[_terminal_identity(msg.fields)] = (
+                        fields.get("41"),
+                        fields.get("11"),
+                        fields.get("7"),
+                    )
                 reversal = sending if msg.mti[1] == "4" else None
                 sending = None
                 self._to_acquirer(command.link_id, msg.mti, fields, reversal)
@@ -825,6 +848,10 @@ class Simulation:
         extracted = {name: value for name, value in fields.items() if name in names}
         self._to_core(TerminalRequest(conn_id, mti, extracted, self._frame(Msg(mti, fields))))
 
+    def _new_day(self, terminal: Terminal) -> None:
+        terminal.stan = terminal.first_stan
+        terminal.day = "1115"
+
     def _next_stan(self, terminal: Terminal) -> str:
         terminal.stan = terminal.stan % 999_999 + 1
         return f"{terminal.stan:06d}"
@@ -834,13 +861,18 @@ class Simulation:
             return
         rng = self.rng
         inquiry = rng.random() < self.faults.balance_inquiry
+        stan = self._next_stan(terminal)
+        amount = f"{rng.randrange(100, 100_000):012d}"
+        if stan in terminal.amounts and rng.random() < 0.5:
+            amount = terminal.amounts[stan]  # what only DE 13 (or the sale's age) tells apart
+        terminal.amounts[stan] = amount
         fields = {
             "3": "310000" if inquiry else "000000",
-            "4": f"{rng.randrange(100, 100_000):012d}",
+            "4": amount,
             "7": transmission_time(self.now),
-            "11": self._next_stan(terminal),
+            "11": stan,
             "12": "120000",
-            "13": "1114",
+            "13": terminal.day,
             "22": "051",
             "32": "200",
             "41": terminal.terminal_id,
@@ -888,9 +920,14 @@ class Simulation:
         """The terminal's own reversal: DE 90 style, or CUP style (the original's STAN)."""
         txn.reversed = True
         original = txn.fields
-        fields = {k: original[k] for k in ("2", "3", "4", "32", "41", "42", "49") if k in original}
+        fields = {
+            k: original[k] for k in ("2", "3", "4", "13", "32", "41", "42", "49") if k in original
+        }
         if "2" not in fields:
             fields["35"] = original["35"]
+        intended = self.acquirer_key_of.get(_terminal_identity(original))
+        if intended is not None:
+            self.reversal_intents.add(intended)
         if self.dialect.reversal.original_data == "de90":
             fields["11"] = self._next_stan(terminal)
             fields["90"] = original_data_elements(
@@ -989,7 +1026,9 @@ class Simulation:
            reversal id) reached the acquirer per original; the ledger released at most once.
         3. No reversal of the gateway's own released a delivered approval, except an in-doubt
            reversal after a crash that lost the DELIVERED record (the rules accept that).
-           A terminal's own reversal may release what it received: it asked for it.
+           A terminal's own reversal may release what it received: it asked for it, but only
+           the transaction it named (terminals start their STANs again on a new day, so an
+           older sale with the terminal's STAN, and maybe its amount, is not the one).
         4. Nothing is left owed: no open authorization, no owed or failed reversal.
         """
         v = self.violations
@@ -1018,6 +1057,11 @@ class Simulation:
                         f"{at - original.reversed_at:.1f} s after the gateway's"
                     )
             for release in original.releases:
+                if (
+                    release.cause in ("terminal", "passthrough")
+                    and key not in self.reversal_intents
+                ):
+                    v.append(f"{key} released by a terminal's reversal of another transaction")
                 if key not in self.delivered or release.cause in ("terminal", "passthrough"):
                     continue
                 accepted = (

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 from gateway.core.commands import Command, SendToAcquirer
 from gateway.core.records import AuthState
+from gateway.wire.dialect import ReversalRules
 
 from .helpers import (
     Harness,
     answer,
+    auth_records,
     forwards,
     make_dialect,
     notices,
     reversal_answer,
     sale,
     sent_reversals,
+    settings,
     to_terminal,
 )
 from .test_engine_recovery import latest
@@ -255,3 +258,48 @@ def test_answer_with_acquirers_own_de7_still_goes_to_the_request_given_up_on() -
         "the in-flight sale's terminal was given an answer the acquirer may have meant for the"
         " sale the gateway gave up on"
     )
+
+
+def two_reversals_on_one_key() -> tuple[Harness, SendToAcquirer, SendToAcquirer]:
+    """A CUP-style terminal (its reversals carry the original's STAN) that started its STANs
+    again on a new day: yesterday's sale and today's, both on STAN 000001, both timed out,
+    their reversals on the wire at once on two links."""
+    dialect = make_dialect(
+        ReversalRules(stan="original", original_data="none"),
+        match_fields=("41", "42", "11"),
+        duplicate_fields=("41", "42", "11", "4", "7"),
+    )
+    h = Harness(settings(link_strategy="round_robin", reversal_timeout=60), dialect, links=(1, 2))
+    h.request(sale("000001", de7="0907101010", de13="0907", de37="325006000001"))
+    h.advance(15)
+    h.request(sale("000001"))
+    h.request(sale("000002", terminal="TERM0002", de3="310000"))  # the next turn of the links
+    h.advance(15)
+    attempts = sent_reversals(h.log)
+    [yesterdays] = [a for a in attempts if a.fields["13"] == "0907"][-1:]
+    [todays] = [a for a in attempts if a.fields["13"] == "0908"][-1:]
+    assert yesterdays.fields["11"] == todays.fields["11"] == "000001"
+    assert yesterdays.link_id != todays.link_id
+    return h, yesterdays, todays
+
+
+def reversed_txn(out: list[Command]) -> list[int]:
+    return [r.txn_id for r in auth_records(out) if r.state is AuthState.REVERSED]
+
+
+def test_of_two_reversals_on_one_key_the_answer_goes_to_the_one_sent_on_its_link() -> None:
+    h, yesterdays, todays = two_reversals_on_one_key()
+    [yesterday, today] = sorted({r.txn_id for r in auth_records(h.log)})
+    ack = {"11": "000001", "41": "TERM0001", "42": "MERCHANT0000001", "39": "00"}
+    assert reversed_txn(h.respond(ack, mti="0410", link=todays.link_id)) == [today]
+    assert reversed_txn(h.respond(ack, mti="0410", link=yesterdays.link_id)) == [yesterday]
+
+
+def test_of_two_reversals_on_one_key_echoed_fields_outweigh_the_link() -> None:
+    """An acquirer that echoes the original's DE 13 or DE 37 names the reversal it answers."""
+    h, yesterdays, todays = two_reversals_on_one_key()
+    [yesterday, today] = sorted({r.txn_id for r in auth_records(h.log)})
+    ack = {"11": "000001", "41": "TERM0001", "39": "00", "13": "0908"}
+    assert reversed_txn(h.respond(ack, mti="0410", link=yesterdays.link_id)) == [today]
+    ack = {"11": "000001", "41": "TERM0001", "39": "00", "13": "0907", "37": "325006000001"}
+    assert reversed_txn(h.respond(ack, mti="0410", link=todays.link_id)) == [yesterday]

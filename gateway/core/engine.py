@@ -576,7 +576,7 @@ class GatewayCore:
         original = self._by_duplicate.get(dup_key)
         if original is None and info.repeat:
             original = self._by_repeat.get(repeat_key(info.base, fields))
-            if original is not None and not _same_amount(original.fields, fields):
+            if original is not None and not _same_transaction(original.fields, fields):
                 original = None
         if original is not None:
             self._on_duplicate(event, original, out)
@@ -812,6 +812,12 @@ class GatewayCore:
                     if not telling:
                         return candidate
                     sent.append(candidate)
+                    continue
+                elif _contradicts(candidate.fields, fields, _TELLING_FIELDS):
+                    # Not on the wire, it waits only for a late answer to an earlier attempt;
+                    # one that contradicts the DE 12/13/37 it copied from its original is
+                    # another reversal's with its key (the terminal's STAN on another day).
+                    # Taken, it would close this one with its sale's funds still held.
                     continue
                 elif candidate.state in _CLOSED_REVERSAL:
                     if listening is None:
@@ -1996,10 +2002,15 @@ def _same_identity(asked: tuple[str | None, ...], known: tuple[str | None, ...])
     return all(a is None or b is None or a == b for a, b in zip(asked, known, strict=False))
 
 
-def _same_amount(original: Mapping[str, str], repeat: Mapping[str, str]) -> bool:
-    """A repeat names its original by DE 41 + DE 11; another amount makes it another sale."""
-    first, again = original.get("4"), repeat.get("4")
-    return first is None or again is None or first == again
+def _same_transaction(original: Mapping[str, str], repeat: Mapping[str, str]) -> bool:
+    """A repeat names its original by DE 41 + DE 11; another amount, or another local time or
+    date of the transaction (a repeat is the same message again: only DE 7 is new), makes it
+    another sale: one on the same STAN another day."""
+    for name in ("4", "12", "13"):
+        first, again = original.get(name), repeat.get(name)
+        if first is not None and again is not None and first != again:
+            return False
+    return True
 
 
 def _drain_order(rev: Reversal) -> tuple[float, int]:

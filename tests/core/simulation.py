@@ -287,7 +287,8 @@ class Acquirer:
         self, mti: str, fields: Mapping[str, str], cause: str, reversal_id: int | None, now: float
     ) -> tuple[str, dict[str, str], Msg]:
         response = mti[:2] + str(int(mti[2]) + 1) + "0"
-        echo = {k: fields[k] for k in ("11", "41") if k in fields}
+        # As sent, like a CUP host: what tells apart two reversals with one terminal and STAN
+        echo = {k: fields[k] for k in ("11", "12", "13", "37", "41") if k in fields}
         if self.faulty and self.rng.random() < self.unresolved:
             return response, {**echo, "39": self.rng.choice(("91", "96"))}, Msg(response, {})
         original = self._find(fields)

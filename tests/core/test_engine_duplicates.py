@@ -62,6 +62,20 @@ def test_repeat_with_another_amount_is_not_a_duplicate() -> None:
     assert forwards(out)
 
 
+def test_repeat_of_another_days_sale_on_the_stan_is_not_its_duplicate() -> None:
+    """A repeat (0201) is the same message again: only DE 7 is new. One with the STAN and
+    amount of a sale still remembered (its reversal owed) but another local date or time is
+    the repeat of another sale on that STAN (the terminal started its STANs again today): it
+    must not get the old sale's decline, with the old sale's DE 7."""
+    h = Harness()
+    yesterday = sale(de7="0907101010", de12="101010", de13="0907")
+    h.request(yesterday)
+    h.advance(15)  # timed out: its reversal is owed, the request still remembered
+    for changed in ({"13": "0908"}, {"12": "064519"}):
+        out = h.request({**yesterday, **changed, "7": "0908064519"}, mti="0201")
+        assert len(forwards(out)) == 1 and not replies(out), changed
+
+
 def test_stan_reuse_for_another_transaction_is_not_a_duplicate() -> None:
     h = Harness()
     request = sale()

@@ -11,7 +11,7 @@ fields its dialect echoes, whatever else it keeps for a restart.
 from __future__ import annotations
 
 from gateway.core.commands import Command, SendToAcquirer
-from gateway.core.records import AuthState
+from gateway.core.records import AuthState, ReversalState
 from gateway.wire.dialect import ReversalRules
 
 from .helpers import (
@@ -303,3 +303,28 @@ def test_of_two_reversals_on_one_key_echoed_fields_outweigh_the_link() -> None:
     assert reversed_txn(h.respond(ack, mti="0410", link=yesterdays.link_id)) == [today]
     ack = {"11": "000001", "41": "TERM0001", "39": "00", "13": "0907", "37": "325006000001"}
     assert reversed_txn(h.respond(ack, mti="0410", link=todays.link_id)) == [yesterday]
+
+
+def test_a_failed_reversal_never_takes_another_days_acknowledgement_for_its_own() -> None:
+    """Yesterday's reversal failed (it waits for an operator, and for a late answer to its
+    attempts). Today's sale on the STAN is reversed and acknowledged twice (a repeat). The
+    second acknowledgement echoes today's DE 13: taken for yesterday's, it would close it with
+    yesterday's funds still held."""
+    dialect = make_dialect(
+        ReversalRules(stan="original", original_data="none"),
+        match_fields=("41", "42", "11"),
+        duplicate_fields=("41", "42", "11", "4", "7"),
+    )
+    h = Harness(settings(max_attempts=1), dialect)
+    h.request(sale("000001", de7="0907101010", de13="0907"))
+    h.advance(15)
+    h.advance(10)  # its one attempt unanswered: failed
+    [yesterday] = [r.txn_id for r in auth_records(h.log)][:1]
+    h.request(sale("000001"))
+    h.advance(15)
+    [today] = [r.txn_id for r in auth_records(h.log) if r.txn_id != yesterday][:1]
+    ack = {"11": "000001", "41": "TERM0001", "39": "00", "13": "0908"}
+    assert reversed_txn(h.respond(ack, mti="0410")) == [today]
+    out = h.respond(ack, mti="0410")  # the acquirer repeats it
+    assert not reversed_txn(out) and notices(out, "unmatched_response")
+    assert [r.state for r in h.core._failed.values()] == [ReversalState.FAILED]

@@ -769,8 +769,9 @@ class GatewayCore:
         if not candidates:
             return None
         values = values_of(fields, self._match_fields)
-        # With one candidate a contradiction changes nothing (it is taken all the same): the
-        # echoed fields are read only when two requests share the key.
+        # With one candidate in flight a contradiction changes nothing (it is taken all the
+        # same: an acquirer may stamp its own DE 7): the echoed fields are read only when two
+        # requests share the key, or for one no longer in flight (below).
         telling = len(candidates) > 1
         # The echoed fields that would tell them apart cannot be read: the answer never goes to
         # the request in flight while one the gateway gave up on shares its key. A wrong guess
@@ -779,8 +780,9 @@ class GatewayCore:
         unreadable = telling and UNREADABLE in values_of(fields, _TELLING_FIELDS)
         # Requests no longer in flight (and reversals not on the wire), oldest first.
         others: list[_Matchable] = []
-        # A request the answer's echoed times or RRN contradict: the answer is another
-        # request's with the same key (a STAN reused while the first one's answer was late).
+        # A request in flight the answer's echoed times or RRN contradict: the answer is
+        # another request's with the same key (a STAN reused while the first one's answer was
+        # late); still taken if nothing else fits.
         contradicted: Pending | None = None
         # A reversal closed by a "25" that still listens for its other attempts' answers:
         # only when nothing open shares its key (an open one's answer must never settle it).
@@ -791,18 +793,19 @@ class GatewayCore:
         for candidate in candidates:
             if values_agree(candidate.match_values, values):
                 if isinstance(candidate, Pending):
-                    if telling and (
-                        _contradicts(
-                            candidate.fields,
-                            fields,
-                            _TELLING_FIELDS
-                            if candidate.phase is Phase.AWAITING
-                            else self._telling_when_settled,
-                        )
-                        or (unreadable and candidate.phase is Phase.AWAITING)
+                    if candidate.phase is not Phase.AWAITING:
+                        if _contradicts(candidate.fields, fields, self._telling_when_settled):
+                            # No longer in flight, it waits only for a late answer of its own:
+                            # one whose echoed DE 7/12/13/37 (those the dialect says come back
+                            # as sent) are another's is another sale's on its key, one the
+                            # gateway no longer remembers (the terminal's STAN on another
+                            # day). Taken, it would settle or reopen this one's reversal
+                            # instead; unmatched, an approval is alerted.
+                            continue
+                    elif telling and (
+                        _contradicts(candidate.fields, fields, _TELLING_FIELDS) or unreadable
                     ):
-                        if contradicted is None or candidate.phase is Phase.AWAITING:
-                            contradicted = candidate
+                        contradicted = candidate
                         continue
                     if candidate.phase is Phase.AWAITING:
                         if sent:

@@ -328,3 +328,25 @@ def test_a_failed_reversal_never_takes_another_days_acknowledgement_for_its_own(
     out = h.respond(ack, mti="0410")  # the acquirer repeats it
     assert not reversed_txn(out) and notices(out, "unmatched_response")
     assert [r.state for r in h.core._failed.values()] == [ReversalState.FAILED]
+
+
+def test_a_late_approval_of_a_forgotten_sale_is_not_taken_for_another_days_on_its_stan() -> None:
+    """Yesterday's sale on STAN 000001 timed out; its reversal is still owed, so its request is
+    remembered. Today's sale on the STAN timed out too, was reversed, and is forgotten. Today's
+    late approval, echoing today's DE 7, is the only answer on the key: taken for yesterday's,
+    it would make yesterday's "25" look overtaken (repeated forever) and hide today's approval.
+    Unmatched, it is alerted."""
+    h = Harness()
+    yesterday = sale("000001", de7="0907101010", de12="101010", de13="0907")
+    h.request(yesterday)
+    [first] = sent_reversals(h.advance(15))
+    today = sale("000001")
+    h.request(today)
+    [todays] = [s for s in sent_reversals(h.advance(15)) if s.fields.get("13") == "0908"]
+    h.respond(reversal_answer(todays), mti="0410")
+    h.advance(61)  # today's request is forgotten; yesterday's lingers while its reversal is owed
+    out = h.respond(answer(today, de7=today["7"]))
+    [unmatched] = notices(out, "unmatched_response")
+    assert unmatched.data["may_hold"] is True
+    assert not auth_records(out) and not notices(out, "late_response")
+    assert first.fields["13"] == "0907"

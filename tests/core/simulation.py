@@ -249,7 +249,7 @@ class Acquirer:
                 held=approved and holding,
             )
             self.originals[key] = original
-        answer = {k: fields[k] for k in ("3", "4", "7", "11", "41") if k in fields}
+        answer = {k: fields[k] for k in ("3", "4", "7", "11", "12", "13", "41") if k in fields}
         answer["39"] = original.code
         if original.approval_code:
             answer["38"] = original.approval_code

@@ -333,7 +333,7 @@ def test_a_failed_reversal_never_takes_another_days_acknowledgement_for_its_own(
 def test_a_late_approval_of_a_forgotten_sale_is_not_taken_for_another_days_on_its_stan() -> None:
     """Yesterday's sale on STAN 000001 timed out; its reversal is still owed, so its request is
     remembered. Today's sale on the STAN timed out too, was reversed, and is forgotten. Today's
-    late approval, echoing today's DE 7, is the only answer on the key: taken for yesterday's,
+    late approval, echoing today's DE 12/13, is the only answer on the key: taken for yesterday's,
     it would make yesterday's "25" look overtaken (repeated forever) and hide today's approval.
     Unmatched, it is alerted."""
     h = Harness()
@@ -345,8 +345,12 @@ def test_a_late_approval_of_a_forgotten_sale_is_not_taken_for_another_days_on_it
     [todays] = [s for s in sent_reversals(h.advance(15)) if s.fields.get("13") == "0908"]
     h.respond(reversal_answer(todays), mti="0410")
     h.advance(61)  # today's request is forgotten; yesterday's lingers while its reversal is owed
-    out = h.respond(answer(today, de7=today["7"]))
+    out = h.respond(answer(today, de7=today["7"], de12=today["12"], de13=today["13"]))
     [unmatched] = notices(out, "unmatched_response")
     assert unmatched.data["may_hold"] is True
     assert not auth_records(out) and not notices(out, "late_response")
     assert first.fields["13"] == "0907"
+    # an acquirer that stamps its own DE 7 (and echoes nothing else) still has yesterday's
+    # late approval taken for yesterday's
+    out = h.respond(answer(yesterday, de7="0908070000"))
+    assert notices(out, "late_response") and not notices(out, "unmatched_response")

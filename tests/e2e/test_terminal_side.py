@@ -62,6 +62,7 @@ async def test_stan_rewrite_a_terminal_reversal_of_a_forgotten_sale_releases_its
     assert answer.get("11") == "000032"  # its own STAN, put back
     outcomes = [d.get("outcome") for k, d in events(stack).events if k == "terminal_reversal"]
     assert outcomes == ["forwarded"]  # as the reversal of that sale, repeated if unanswered
+    assert sales[0]["2"] not in repr(events(stack).events)  # masked only
     await stack.restart_gateway()
     await stack.links_up()
     terminal = await stack.terminal()

@@ -260,16 +260,19 @@ def test_answer_with_acquirers_own_de7_still_goes_to_the_request_given_up_on() -
     )
 
 
+# Reversals carry the original's STAN, no DE 90: two sales on one STAN have one reversal key.
+CUP_STYLE = make_dialect(
+    ReversalRules(stan="original", original_data="none"),
+    match_fields=("41", "42", "11"),
+    duplicate_fields=("41", "42", "11", "4", "7"),
+)
+
+
 def two_reversals_on_one_key() -> tuple[Harness, SendToAcquirer, SendToAcquirer]:
     """A CUP-style terminal (its reversals carry the original's STAN) that started its STANs
     again on a new day: yesterday's sale and today's, both on STAN 000001, both timed out,
     their reversals on the wire at once on two links."""
-    dialect = make_dialect(
-        ReversalRules(stan="original", original_data="none"),
-        match_fields=("41", "42", "11"),
-        duplicate_fields=("41", "42", "11", "4", "7"),
-    )
-    h = Harness(settings(link_strategy="round_robin", reversal_timeout=60), dialect, links=(1, 2))
+    h = Harness(settings(link_strategy="round_robin", reversal_timeout=60), CUP_STYLE, links=(1, 2))
     h.request(sale("000001", de7="0907101010", de13="0907", de37="325006000001"))
     h.advance(15)
     h.request(sale("000001"))
@@ -310,12 +313,7 @@ def test_a_failed_reversal_never_takes_another_days_acknowledgement_for_its_own(
     attempts). Today's sale on the STAN is reversed and acknowledged twice (a repeat). The
     second acknowledgement echoes today's DE 13: taken for yesterday's, it would close it with
     yesterday's funds still held."""
-    dialect = make_dialect(
-        ReversalRules(stan="original", original_data="none"),
-        match_fields=("41", "42", "11"),
-        duplicate_fields=("41", "42", "11", "4", "7"),
-    )
-    h = Harness(settings(max_attempts=1), dialect)
+    h = Harness(settings(max_attempts=1), CUP_STYLE)
     h.request(sale("000001", de7="0907101010", de13="0907"))
     h.advance(15)
     h.advance(10)  # its one attempt unanswered: failed

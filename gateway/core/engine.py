@@ -188,9 +188,10 @@ class GatewayCore:
         # dialect does not echo it, and an acquirer that stamps its own DE 7 would then
         # contradict it, sending its late answer to the request in flight.
         self._telling_when_settled = tuple(f for f in _TELLING_FIELDS if f in self._echo_fields)
-        # ... and of one alone on its key: not DE 7. An acquirer that stamps its own would
-        # leave every late answer unmatched; the local time and date (and RRN) come back as sent.
-        self._telling_alone = tuple(f for f in self._telling_when_settled if f != "7")
+        # ... and of one alone on its key: the terminal's local time and date only. Not DE 7
+        # (some acquirers stamp their own) nor DE 37 (some assign their own RRN): either would
+        # leave every late answer unmatched, its reversal no longer kept or reopened.
+        self._telling_alone = tuple(f for f in self._telling_when_settled if f in ("12", "13"))
         # The shipped dialects echo no field they do not journal: nothing to filter then.
         self._lingering_is_journaled = set(self._lingering_fields) == self._answer_field_set
         # Responses are found by (MTI, this field) in one lookup, then compared on the rest.
@@ -803,8 +804,7 @@ class GatewayCore:
                         if _contradicts(candidate.fields, fields, telling_fields):
                             # No longer in flight, it waits only for a late answer of its own:
                             # one whose echoed DE 7/12/13/37 (those the dialect says come back
-                            # as sent; alone on its key, not DE 7, which some acquirers stamp)
-                            # are another's is another sale's on its key, one the gateway no
+                            # as sent; alone on its key, DE 12/13 only) are another's is another sale's on its key, one the gateway no
                             # longer remembers (the terminal's STAN on another day). Taken, it
                             # would settle or reopen this one's reversal instead; unmatched, an
                             # approval is alerted.

@@ -773,20 +773,28 @@ class GatewayCore:
         if not candidates:
             return None
         values = values_of(fields, self._match_fields)
+        # Those on its key: the index holds every terminal's requests on this STAN.
+        agreeing = [c for c in candidates if values_agree(c.match_values, values)]
         # With one candidate in flight a contradiction changes nothing (it is taken all the
         # same: an acquirer may stamp its own DE 7): the echoed fields are read only when two
-        # requests share the key, or for one no longer in flight (below).
-        telling = len(candidates) > 1
+        # share the key, or for one no longer in flight (below).
+        telling = len(agreeing) > 1
         # The echoed fields that would tell them apart cannot be read: the answer never goes to
         # the request in flight while one the gateway gave up on shares its key. A wrong guess
         # then costs a reversal (the one in flight times out), never a terminal given another
         # sale's answer.
         unreadable = telling and UNREADABLE in values_of(fields, _TELLING_FIELDS)
+        # What tells apart one no longer in flight (a request that timed out or was answered,
+        # a reversal not on the wire): the fields its dialect says come back as sent, and
+        # alone on its key only the terminal's local time and date (DE 12/13): some acquirers
+        # stamp their own DE 7 or assign their own RRN, and would leave every late answer
+        # unmatched.
+        settled_telling = self._telling_when_settled if telling else self._telling_alone
         # Requests no longer in flight (and reversals not on the wire), oldest first.
         others: list[_Matchable] = []
-        # A request in flight the answer's echoed times or RRN contradict: the answer is
-        # another request's with the same key (a STAN reused while the first one's answer was
-        # late); still taken if nothing else fits.
+        # A request the answer's echoed times or RRN contradict: the answer is another
+        # request's with the same key (a STAN reused while the first one's answer was late);
+        # still taken if nothing else fits.
         contradicted: Pending | None = None
         # A reversal closed by a "25" that still listens for its other attempts' answers:
         # only when nothing open shares its key (an open one's answer must never settle it).
@@ -794,52 +802,50 @@ class GatewayCore:
         # The gateway's reversals on the wire with this key. Two at once: the same terminal and
         # STAN on two days (dialects whose reversals carry the original's STAN), both owed.
         sent: list[Reversal] = []
-        for candidate in candidates:
-            if values_agree(candidate.match_values, values):
-                if isinstance(candidate, Pending):
-                    if candidate.phase is not Phase.AWAITING:
-                        telling_fields = (
-                            self._telling_when_settled if telling else self._telling_alone
-                        )
-                        if _contradicts(candidate.fields, fields, telling_fields):
-                            # No longer in flight, it waits only for a late answer of its own:
-                            # one whose echoed DE 7/12/13/37 (those the dialect says come back
-                            # as sent; alone on its key, DE 12/13 only) are another's is another sale's on its key, one the gateway no
-                            # longer remembers (the terminal's STAN on another day). Taken, it
-                            # would settle or reopen this one's reversal instead; unmatched, an
-                            # approval is alerted.
-                            continue
-                    elif telling and (
+        for candidate in agreeing:
+            if isinstance(candidate, Pending):
+                if candidate.phase is Phase.AWAITING:
+                    if telling and (
                         _contradicts(candidate.fields, fields, _TELLING_FIELDS) or unreadable
                     ):
                         contradicted = candidate
                         continue
-                    if candidate.phase is Phase.AWAITING:
-                        if sent:
-                            break  # a reversal on the wire came first, as before
-                        return candidate
-                elif candidate.state is ReversalState.SENT:
-                    if not telling:
-                        return candidate
-                    sent.append(candidate)
+                    if sent:
+                        break  # a reversal on the wire came first, as before
+                    return candidate
+                if _contradicts(candidate.fields, fields, settled_telling):
+                    # It waits only for a late answer of its own. Alone on its key, one from
+                    # another day (DE 12/13) is another sale's, one the gateway no longer
+                    # remembers (the terminal's STAN again): taken, it would settle or reopen
+                    # this one's reversal; unmatched, an approval is alerted. With others on
+                    # the key, still taken if nothing else fits (as one in flight).
+                    if telling and contradicted is None:
+                        contradicted = candidate
                     continue
-                elif _contradicts(candidate.fields, fields, _TELLING_FIELDS):
-                    # Not on the wire, it waits only for a late answer to an earlier attempt;
-                    # one that contradicts the DE 12/13/37 it copied from its original is
-                    # another reversal's with its key (the terminal's STAN on another day).
-                    # Taken, it would close this one with its sale's funds still held.
-                    continue
-                elif candidate.state in _CLOSED_REVERSAL:
-                    if listening is None:
-                        listening = candidate
-                    continue
-                others.append(candidate)
+            elif candidate.state is ReversalState.SENT:
+                if not telling:
+                    return candidate
+                sent.append(candidate)
+                continue
+            elif _contradicts(candidate.fields, fields, settled_telling):
+                # Not on the wire, it waits only for a late answer to an earlier attempt; one
+                # that contradicts the DE 12/13/37 it copied from its original is another
+                # reversal's with its key (the terminal's STAN on another day). Taken, it would
+                # close this one with its sale's funds still held.
+                continue
+            elif candidate.state in _CLOSED_REVERSAL:
+                if listening is None:
+                    listening = candidate
+                continue
+            others.append(candidate)
         if sent:
-            # The one its echoed fields (the original's DE 12, 13 or 37) do not contradict and,
-            # of those, the one sent on the link the answer came on: acquirers answer on the
-            # connection they were asked on (one that answers elsewhere gets the first).
-            fitting = [r for r in sent if not _contradicts(r.fields, fields, _TELLING_FIELDS)]
-            fitting = fitting or sent
+            # The one its echoed fields (the original's DE 12, 13 or 37, where the dialect says
+            # they come back) do not contradict and, of those, the one sent on the link the
+            # answer came on: acquirers answer on the connection they were asked on (one that
+            # answers elsewhere gets the first).
+            fitting = [
+                r for r in sent if not _contradicts(r.fields, fields, self._telling_when_settled)
+            ] or sent
             return next((r for r in fitting if r.link_id == link_id), fitting[0])
         if len(others) > 1:
             # The acquirer repeating the answer one of them got goes to that one: a decline

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from gateway.core.commands import Command, SendToAcquirer
 from gateway.core.records import AuthState, ReversalState
-from gateway.wire.dialect import ReversalRules
+from gateway.wire.dialect import ReversalRules, get_dialect
 
 from .helpers import (
     Harness,
@@ -352,3 +352,33 @@ def test_a_late_approval_of_a_forgotten_sale_is_not_taken_for_another_days_on_it
     # late approval taken for yesterday's
     out = h.respond(answer(yesterday, de7="0908070000"))
     assert notices(out, "late_response") and not notices(out, "unmatched_response")
+
+
+def test_another_terminals_request_on_the_stan_leaves_a_lone_request_alone() -> None:
+    """The index holds every terminal's requests on a STAN: another terminal's sale on it is
+    not on this one's key. An acquirer that stamps its own DE 7: the late approval of this
+    terminal's sale, whose reversal was answered 25, still reopens that reversal."""
+    h = Harness()
+    mine = sale("000001")
+    h.request(mine, conn=1)
+    [rev] = sent_reversals(h.advance(15))
+    h.respond(reversal_answer(rev, "25"), mti="0410")  # overtaken: waits for the approval
+    h.request(sale("000001", terminal="TERM0002", de7="0908064600", de12="064600"), conn=2)
+    out = h.respond(answer(mine, de7="0908064620"))  # the acquirer's own DE 7
+    assert not notices(out, "unmatched_response")
+    assert [r.state for r in auth_records(out)] == [AuthState.REVERSING]
+
+
+def test_a_failed_cup_reversal_takes_its_late_acknowledgement_with_the_hosts_own_rrn() -> None:
+    """cup-pos does not say DE 37 comes back as sent: a host that answers with its own RRN
+    still acknowledges the reversal that waits for it."""
+    h = Harness(settings(max_attempts=1), get_dialect("cup-pos"))
+    void = sale("000007", de3="200000", de7=None, de12=None, de13=None, de37="325106000001")
+    h.request(void)
+    [attempt] = sent_reversals(h.advance(15))
+    assert attempt.fields.get("37") == "325106000001"
+    h.advance(10)
+    assert [r.state for r in h.core._failed.values()] == [ReversalState.FAILED]
+    ack = {"11": "000007", "41": "TERM0001", "42": "MERCHANT0000001", "39": "00"}
+    out = h.respond({**ack, "37": "409912345678"}, mti="0410")
+    assert not notices(out, "unmatched_response") and not h.core._failed

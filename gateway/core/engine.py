@@ -580,7 +580,7 @@ class GatewayCore:
         original = self._by_duplicate.get(dup_key)
         if original is None and info.repeat:
             original = self._by_repeat.get(repeat_key(info.base, fields))
-            if original is not None and not _same_transaction(original.fields, fields):
+            if original is not None and not self._is_repeat_of(original, fields, now):
                 original = None
         if original is not None:
             self._on_duplicate(event, original, out)
@@ -681,6 +681,23 @@ class GatewayCore:
         )
         data = notices.request_data(event.mti, event.fields, outcome)
         out.append(Notify(notices.TRANSACTION_COMPLETED, data))
+
+    def _is_repeat_of(self, original: Pending, repeat: Mapping[str, str], now: float) -> bool:
+        """A repeat names its original by DE 41 + DE 11; another amount makes it another sale.
+        A repeat comes within its terminal's own timeout: within the duplicate window of its
+        original's arrival the amount alone tells (a terminal may stamp DE 12 anew on a repeat,
+        and a repeat forwarded as a new sale could be approved, then reversed, twice). Later the
+        original is remembered only because its reversal is owed, and a "repeat" on its key is
+        another day's sale on that STAN unless its local time and date (DE 12/13) agree too."""
+        names: tuple[str, ...] = ("4",)
+        auth = original.auth
+        if auth is not None and now - auth.created_at >= self.settings.duplicate_window:
+            names = ("4", "12", "13")
+        for name in names:
+            first, again = original.fields.get(name), repeat.get(name)
+            if first is not None and again is not None and first != again:
+                return False
+        return True
 
     def _on_duplicate(self, event: TerminalRequest, original: Pending, out: list[Command]) -> None:
         """The same request again: never forwarded twice; it shares the one answer."""
@@ -2016,17 +2033,6 @@ def _original_key(fields: Mapping[str, str]) -> tuple[str | None, str | None]:
 def _same_identity(asked: tuple[str | None, ...], known: tuple[str | None, ...]) -> bool:
     """A field either side lacks cannot tell them apart; one both carry must agree."""
     return all(a is None or b is None or a == b for a, b in zip(asked, known, strict=False))
-
-
-def _same_transaction(original: Mapping[str, str], repeat: Mapping[str, str]) -> bool:
-    """A repeat names its original by DE 41 + DE 11; another amount, or another local time or
-    date of the transaction (a repeat is the same message again: only DE 7 is new), makes it
-    another sale: one on the same STAN another day."""
-    for name in ("4", "12", "13"):
-        first, again = original.get(name), repeat.get(name)
-        if first is not None and again is not None and first != again:
-            return False
-    return True
 
 
 def _drain_order(rev: Reversal) -> tuple[float, int]:

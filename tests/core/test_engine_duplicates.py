@@ -67,13 +67,36 @@ def test_repeat_of_another_days_sale_on_the_stan_is_not_its_duplicate() -> None:
     amount of a sale still remembered (its reversal owed) but another local date or time is
     the repeat of another sale on that STAN (the terminal started its STANs again today): it
     must not get the old sale's decline, with the old sale's DE 7."""
-    h = Harness()
     yesterday = sale(de7="0907101010", de12="101010", de13="0907")
-    h.request(yesterday)
-    h.advance(15)  # timed out: its reversal is owed, the request still remembered
     for changed in ({"13": "0908"}, {"12": "064519"}):
+        h = Harness()
+        h.request(yesterday)
+        h.advance(15)  # timed out: its reversal is owed
+        h.advance(61)  # past its duplicate window: remembered only while its reversal is owed
         out = h.request({**yesterday, **changed, "7": "0908064519"}, mti="0201")
         assert len(forwards(out)) == 1 and not replies(out), changed
+
+
+def test_a_repeat_with_its_local_time_stamped_anew_is_still_a_repeat() -> None:
+    """Within its original's duplicate window, in flight or answered, a repeat (0201) with a
+    new DE 12 (and DE 7) is a repeat: never forwarded a second time (an acquirer could take it
+    as the same sale, and its own reversal would reverse the sale the terminal was given)."""
+    h = Harness()
+    in_flight = sale("000042")
+    h.request(in_flight, conn=1)
+    h.advance(5)
+    out = h.request({**in_flight, "7": "0908064524", "12": "064524"}, conn=1, mti="0201")
+    assert not forwards(out) and notices(out, "duplicate_request")
+    for delivery in to_terminal(h.respond(answer(in_flight))):  # one answer, both get it
+        h.delivered(delivery.delivery_ref, True)
+    answered = sale("000043")
+    h.request(answered, conn=1)
+    [delivery] = to_terminal(h.respond(answer(answered)))
+    h.delivered(delivery.delivery_ref, True)
+    h.advance(20)
+    out = h.request({**answered, "7": "0908064544", "12": "064544"}, conn=2, mti="0201")
+    assert not forwards(out) and [d.conn_id for d in to_terminal(out)] == [2]  # the answer
+    assert not sent_reversals(h.advance(15) + h.advance(30))
 
 
 def test_stan_reuse_for_another_transaction_is_not_a_duplicate() -> None:

@@ -1011,6 +1011,16 @@ class GatewayCore:
         the reversal overtook its original, and the funds are held now. Reverse again (the
         first reversal released nothing, so this is still one release per original)."""
         rev = auth.reversal
+        if rev is not None and rev.state in _MERGEABLE:
+            # Still going: a crash kept this authorization's closing record, not its
+            # reversal's acknowledgement (a commit inside one step: durability "power"), and
+            # the restart resumed the reversal. The approval is known now, so a "25" to it is
+            # not final: open again, journaled at once (as a late approval's record is).
+            auth.response_code = event.fields.get("39")
+            self._keep_approval_code(auth, event)
+            self._reopen_auth(auth, now, out)
+            out.append(Persist(auth.record(), urgent=True))
+            return
         if rev is None or not rev.reopenable or not rev.fields:
             return  # not reopenable, or only listening (nothing to build it from)
         auth.response_code = event.fields.get("39")

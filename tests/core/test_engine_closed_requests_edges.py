@@ -221,3 +221,25 @@ def test_another_cards_sale_after_a_restart_is_not_approved_with_an_old_sales_ap
     approved = [r for r in replies(out) if r.fields.get("39") in settings().approval_codes]
     assert not approved, "card 2's sale answered with card 1's rebuilt approval"
     assert forwards(out), "card 2's sale never reached the acquirer"
+
+
+def test_an_approval_while_the_resumed_reversal_is_on_the_wire_makes_its_25_not_final() -> None:
+    """The crash kept the original's REVERSED record, not its reversal's acknowledgement: the
+    restarted gateway sends the reversal again. The original's approval comes (by station)
+    while that attempt is on the wire, then the attempt's answer: "25" (it overtook the
+    original at the acquirer). The funds are held now: the 25 is not final, the reversal goes
+    on (found in the simulation: slow_drain seed 72145)."""
+    h = Harness()
+    request = sale()
+    h.request(request)
+    [sent] = sent_reversals(h.advance(15))
+    h.respond(reversal_answer(sent, "00"), mti="0410")
+    h.log[:] = cut_before_reversal_acknowledged(h.log)
+    second = restart(h)
+    [attempt] = sent_reversals(second.advance(5))
+    out = second.respond(answer(request))  # the approval, while the attempt is on the wire
+    assert [a.state for a in auth_records(out)][-1:] == [AuthState.REVERSING]
+    out = second.respond(reversal_answer(attempt, "25"), mti="0410")
+    assert not notices(out, "reversal_acknowledged"), "a 25 taken as final: the hold stays"
+    repeats = sent_reversals(second.run_until(second.now + 60))
+    assert repeats and all(r.fields["11"] == attempt.fields["11"] for r in repeats)

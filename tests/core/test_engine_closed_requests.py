@@ -264,19 +264,29 @@ def cut_before_reversal_acknowledged(log: list[Command]) -> list[Command]:
     raise AssertionError("no acknowledged reversal")
 
 
+def restarted_without_the_acknowledgement(
+    request: dict[str, str], **settings_: Any
+) -> tuple[Harness, Harness]:
+    """The sale times out and its reversal is acknowledged; a crash keeps the sale's REVERSED
+    record but not the acknowledgement (``cut_before_reversal_acknowledged``). Returns (the
+    old process, the restarted one)."""
+    rules = settings(**settings_)
+    h = Harness(rules)
+    h.request(request)
+    [sent] = sent_reversals(h.advance(15))
+    h.respond(reversal_answer(sent, "00"), mti="0410")
+    h.log[:] = cut_before_reversal_acknowledged(h.log)
+    return h, restart(h, settings=rules)
+
+
 def test_second_restart_still_remembers_a_request_reversed_after_the_first() -> None:
     """Restart 1 finds a REVERSED original whose reversal is still open (crash between the two
     records); the reversal goes again and is acknowledged, and ``_close_auth`` journals the
     original again from ``reversal_fields`` that ``_restore_closed`` emptied: only DE 7 and the
     identity fields. Restart 2, within the window: the request is no longer rebuilt and the
     terminal's repeat goes upstream (under STAN rewrite: a new sale)."""
-    h = Harness()
     request = sale()
-    h.request(request)
-    [sent] = sent_reversals(h.advance(15))
-    h.respond(reversal_answer(sent, "00"), mti="0410")
-    h.log[:] = cut_before_reversal_acknowledged(h.log)
-    first = restart(h)
+    h, first = restarted_without_the_acknowledgement(request)
     out = first.request(request, conn=7, mti="0201")  # remembered after restart 1
     assert not forwards(out)
     [again] = sent_reversals(first.advance(1))

@@ -29,7 +29,7 @@ from .helpers import (
     settings,
     to_terminal,
 )
-from .test_engine_closed_requests import cut_before_reversal_acknowledged, restart, restart_on
+from .test_engine_closed_requests import restart, restart_on, restarted_without_the_acknowledgement
 from .test_engine_recovery import latest
 from .test_engine_terminal_reversal import terminal_reversal
 
@@ -45,15 +45,10 @@ def _reopened_by_its_approval_after_a_restart(
     not found" (twice: the first 25 is taken as the late answer of the attempt lost with the
     old process), then the original's approval arrives by station: the reversal reopens and the
     original is REVERSING again. Returns (process 1, process 2, the sale)."""
-    rules = settings(stan_mode=rules_mode)
-    h = Harness(rules)
     request = sale()
-    [forward] = forwards(h.request(request))
+    h, second = restarted_without_the_acknowledgement(request, stan_mode=rules_mode)
+    [forward] = forwards(h.log)
     acquirer_stan = forward.replace.get("11", request["11"])
-    [sent] = sent_reversals(h.advance(15))
-    h.respond(reversal_answer(sent, "00"), mti="0410")
-    h.log[:] = cut_before_reversal_acknowledged(h.log)
-    second = restart(h, settings=rules)
     for _ in range(40):  # answer every attempt "25" until the reversal settles
         for attempt in sent_reversals(second.advance(5)):
             second.respond(reversal_answer(attempt, "25"), mti="0410")
@@ -229,13 +224,8 @@ def test_an_approval_while_the_resumed_reversal_is_on_the_wire_makes_its_25_not_
     while that attempt is on the wire, then the attempt's answer: "25" (it overtook the
     original at the acquirer). The funds are held now: the 25 is not final, the reversal goes
     on (found in the simulation: slow_drain seed 72145)."""
-    h = Harness()
     request = sale()
-    h.request(request)
-    [sent] = sent_reversals(h.advance(15))
-    h.respond(reversal_answer(sent, "00"), mti="0410")
-    h.log[:] = cut_before_reversal_acknowledged(h.log)
-    second = restart(h)
+    _, second = restarted_without_the_acknowledgement(request)
     [attempt] = sent_reversals(second.advance(5))
     out = second.respond(answer(request))  # the approval, while the attempt is on the wire
     assert [a.state for a in auth_records(out)][-1:] == [AuthState.REVERSING]

@@ -226,7 +226,7 @@ class GatewayCore:
         self._lingering = 0
         self._open_auths = 0
         self._in_doubt: list[Authorization] = []
-        # Terminal reversals waiting for the journal's delivered sales on (DE 41, STAN), and
+        # Terminal reversals waiting for the journal's authorizations on (DE 41, STAN), and
         # the connections among theirs that closed meanwhile (``_look_up_forgotten``).
         self._finding: dict[tuple[str, str], list[TerminalRequest]] = {}
         self._closed_while_finding: set[int] = set()
@@ -689,15 +689,10 @@ class GatewayCore:
         and a repeat forwarded as a new sale could be approved, then reversed, twice). Later the
         original is remembered only because its reversal is owed, and a "repeat" on its key is
         another day's sale on that STAN unless its local time and date (DE 12/13) agree too."""
-        names: tuple[str, ...] = ("4",)
         auth = original.auth
         if auth is not None and now - auth.created_at >= self.settings.duplicate_window:
-            names = ("4", "12", "13")
-        for name in names:
-            first, again = original.fields.get(name), repeat.get(name)
-            if first is not None and again is not None and first != again:
-                return False
-        return True
+            return not _contradicts(original.fields, repeat, ("4", "12", "13"))
+        return not _contradicts(original.fields, repeat, ("4",))
 
     def _on_duplicate(self, event: TerminalRequest, original: Pending, out: list[Command]) -> None:
         """The same request again: never forwarded twice; it shares the one answer."""
@@ -1011,20 +1006,19 @@ class GatewayCore:
         the reversal overtook its original, and the funds are held now. Reverse again (the
         first reversal released nothing, so this is still one release per original)."""
         rev = auth.reversal
-        if rev is not None and rev.state in _MERGEABLE:
-            # Still going: a crash kept this authorization's closing record, not its
-            # reversal's acknowledgement (a commit inside one step: durability "power"), and
-            # the restart resumed the reversal. The approval is known now, so a "25" to it is
-            # not final: open again, journaled at once (as a late approval's record is).
-            auth.response_code = event.fields.get("39")
-            self._keep_approval_code(auth, event)
-            self._reopen_auth(auth, now, out)
-            out.append(Persist(auth.record(), urgent=True))
-            return
-        if rev is None or not rev.reopenable or not rev.fields:
+        # Still going: a crash kept this authorization's closing record, not its reversal's
+        # acknowledgement (a commit inside one step: durability "power"), and the restart
+        # resumed the reversal.
+        resumed = rev is not None and rev.state in _MERGEABLE
+        if rev is None or not (resumed or (rev.reopenable and rev.fields)):
             return  # not reopenable, or only listening (nothing to build it from)
         auth.response_code = event.fields.get("39")
         approval_code = self._keep_approval_code(auth, event)
+        if resumed:
+            # The approval is known now, so a "25" to it is not final: open again, journaled
+            # at once (as a late approval's record is).
+            self._reopen_auth(auth, now, out, urgent=True)
+            return
         if approval_code and self._rules.include_approval_code:
             rev.fields = {**rev.fields, "38": approval_code}
         self._reopen_reversal(rev, auth, now, out)
@@ -1312,8 +1306,8 @@ class GatewayCore:
             return False
         if _original_data(request.fields) is not None:
             return True
-        closed_at = auth.closed_at if auth.closed_at is not None else auth.updated_at
-        return auth.txn_id == newest and now - closed_at < self.settings.history_window
+        # A candidate read back closed: its record's updated_at is when it closed.
+        return auth.txn_id == newest and now - auth.updated_at < self.settings.history_window
 
     def _may_hold_unknown(self, auth: Authorization) -> bool:
         """Its reversal was answered "original not found" (it released nothing) and its
@@ -1530,7 +1524,9 @@ class GatewayCore:
         out.append(Notify(notices.REVERSAL_OWED, notices.reversal_data(rev)))
         return rev
 
-    def _reopen_auth(self, auth: Authorization, now: float, out: list[Command]) -> None:
+    def _reopen_auth(
+        self, auth: Authorization, now: float, out: list[Command], *, urgent: bool = False
+    ) -> None:
         """Its reversal is owed (again): the authorization is REVERSING."""
         if auth.state is AuthState.REVERSING:
             return
@@ -1548,7 +1544,7 @@ class GatewayCore:
             }
         auth.state = AuthState.REVERSING
         auth.updated_at = now
-        out.append(Persist(auth.record()))
+        out.append(Persist(auth.record(), urgent=urgent))
 
     def _track_reversal(
         self,

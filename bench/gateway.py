@@ -196,19 +196,29 @@ async def main(quick: bool) -> None:
                 results[path] = median_run(runs)
             rows.append((label, terminals, results))
             print(label, terminals, {k: round(v.tps) for k, v in results.items()}, flush=True)
-        # Added latency at a fixed, moderate rate: what one terminal notices.
-        paced = {}
+        # Added latency at a fixed, moderate rate: what one terminal notices. The direct runs
+        # alternate with the gateway's, so that both sides of the difference come from the same
+        # minutes of this shared machine (its speed drifts from one spell to the next).
+        paced: dict[str, Run] = {}
 
-        async def paced_runs(port: int, pid: int | None) -> Run:
-            runs = [
-                await one_run(port, 10, 4, int(5000 * scale), 1000, pid) for _ in range(repeats)
-            ]
-            return median_run(runs)
+        async def paced_pairs(port: int, pid: int, relay_too: bool = False) -> tuple[Run, Run]:
+            direct, through, relayed = [], [], []
+            for _ in range(repeats):
+                direct.append(await one_run(sim_port, 10, 4, int(5000 * scale), 1000, None))
+                if relay_too:
+                    relayed.append(
+                        await one_run(relay_port, 10, 4, int(5000 * scale), 1000, relay.pid)
+                    )
+                through.append(await one_run(port, 10, 4, int(5000 * scale), 1000, pid))
+            if relayed:
+                paced["relay"] = median_run(relayed)
+            return median_run(direct), median_run(through)
 
-        paced["direct"] = await paced_runs(sim_port, None)
         # The gateway of the saturated runs: their timers are still falling due, at up to
         # ten times this rate.
-        paced["after saturation"] = await paced_runs(gw_port, gateway.pid)
+        paced["direct, after saturation"], paced["after saturation"] = await paced_pairs(
+            gw_port, gateway.pid
+        )
         gateway.terminate()  # its work must not count against the next one
         # A gateway that has run at this rate for longer than its timers are long.
         steady_port = free_port()
@@ -218,7 +228,9 @@ async def main(quick: bool) -> None:
         await asyncio.sleep(0.5)
         warm_up = STEADY_AFTER * (0.3 if quick else 1.0)
         await one_run(steady_port, 10, 4, int(1000 * warm_up), 1000, None)
-        paced["gateway"] = await paced_runs(steady_port, steady.pid)
+        paced["direct"], paced["gateway"] = await paced_pairs(
+            steady_port, steady.pid, relay_too=True
+        )
         report = render(rows, paced, repeats)
         print(report)
         write_section(report)
@@ -252,23 +264,29 @@ def render(rows: list[tuple[str, int, dict[str, Run]]], paced: dict[str, Run], n
             f"| {g.tps / rel.tps:.2f} | {d.p50_ms:.2f} / {g.p50_ms:.2f} "
             f"| {d.p99_ms:.2f} / {g.p99_ms:.2f} | {g.cpu_us_per_txn or 0:.0f} |"
         )
-    d, g, a = paced["direct"], paced["gateway"], paced["after saturation"]
+    d, g, rl = paced["direct"], paced["gateway"], paced["relay"]
+    da, a = paced["direct, after saturation"], paced["after saturation"]
     lines += [
         "",
         "Added latency at 1,000 requests/s (10 terminals, up to 4 outstanding each), through a "
         f"gateway that has run at this rate for {STEADY_AFTER} s (its requests' timeouts and "
         "duplicate windows falling due at the same rate), and through the gateway of the "
-        "saturated runs above, right after them:",
+        "saturated runs above, right after them. Each gateway run follows a direct run (and, "
+        "for the steady gateway, a run through the bare relay: what any Python proxy adds), "
+        "so both sides of a difference come from the same minutes:",
         "",
         "| | p50 ms | p99 ms | gateway CPU µs/tx |",
         "| --- | ---: | ---: | ---: |",
         f"| direct | {d.p50_ms:.2f} | {d.p99_ms:.2f} | |",
+        f"| relay | {rl.p50_ms:.2f} | {rl.p99_ms:.2f} | {rl.cpu_us_per_txn or 0:.0f} |",
+        f"| added by the relay | {rl.p50_ms - d.p50_ms:.2f} | {rl.p99_ms - d.p99_ms:.2f} | |",
         f"| gateway, steady | {g.p50_ms:.2f} | {g.p99_ms:.2f} | {g.cpu_us_per_txn or 0:.0f} |",
         f"| **added by the gateway** | **{g.p50_ms - d.p50_ms:.2f}** "
         f"| **{g.p99_ms - d.p99_ms:.2f}** | |",
+        f"| direct, alternating with the next row | {da.p50_ms:.2f} | {da.p99_ms:.2f} | |",
         f"| gateway, after saturation | {a.p50_ms:.2f} | {a.p99_ms:.2f} "
         f"| {a.cpu_us_per_txn or 0:.0f} |",
-        f"| added, after saturation | {a.p50_ms - d.p50_ms:.2f} | {a.p99_ms - d.p99_ms:.2f} | |",
+        f"| added, after saturation | {a.p50_ms - da.p50_ms:.2f} | {a.p99_ms - da.p99_ms:.2f} | |",
         "",
     ]
     return "\n".join(lines)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -47,6 +48,63 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+TlsNames = Mapping[str, str]  # what an error calls each file: "ca", "cert", "client_ca"
+
+
+def tls_key_names(section: str) -> TlsNames:
+    """Errors about a section's TLS files name its keys."""
+    return {
+        "ca": f"{section}.tls_ca",
+        "cert": f"{section}.tls_cert/tls_key",
+        "client_ca": f"{section}.tls_client_ca",
+    }
+
+
+def client_tls_context(
+    names: TlsNames, ca: Path | None, cert: Path | None, key: Path | None
+) -> ssl.SSLContext:
+    """A TLS client context that verifies the server (against ``ca``, or the system's trust
+    store) and offers ``cert`` when the server asks for one. Files are read now: a missing or
+    bad one is a ConfigError that names it as ``names`` say."""
+    try:
+        context = ssl.create_default_context(cafile=str(ca) if ca else None)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(f"{names['ca']}: cannot load {ca}: {error}") from None
+    if cert:
+        _load_cert_chain(context, names, cert, key)
+    return context
+
+
+def server_tls_context(
+    names: TlsNames, cert: Path, key: Path | None, client_ca: Path | None
+) -> ssl.SSLContext:
+    """A TLS server context; with ``client_ca``, clients must present a certificate it signed
+    (mutual TLS)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    _load_cert_chain(context, names, cert, key)
+    if client_ca:
+        try:
+            context.load_verify_locations(cafile=str(client_ca))
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(f"{names['client_ca']}: cannot load {client_ca}: {error}") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _load_cert_chain(
+    context: ssl.SSLContext, names: TlsNames, cert: Path, key: Path | None
+) -> None:
+    try:
+        context.load_cert_chain(str(cert), str(key) if key else None)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(f"{names['cert']}: cannot load {cert}: {error}") from None
+
+
+def _key_needs_cert(cert: Path | None, key: Path | None) -> None:
+    if key and not cert:
+        raise ValueError("tls_key is set without tls_cert")
+
+
 def _at_least_min(reconnect_max: float, info: ValidationInfo) -> float:
     reconnect_min = info.data.get("reconnect_min")  # absent when it was invalid itself
     if reconnect_min is not None and reconnect_max < reconnect_min:
@@ -65,12 +123,31 @@ class GatewaySection(_Section):
     write_timeout: float = Field(30.0, gt=0)  # the terminal takes none of our bytes
     frame_timeout: float = Field(30.0, gt=0)  # a frame left half sent
     idle_timeout: float = Field(0.0, ge=0)  # nothing received; 0 = never
+    # TLS for terminals: with a certificate (and its key, unless in the same file) the listener
+    # speaks TLS only; with a client CA too, terminals must present a certificate it signed.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
 
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
         parse_hostport(value, what="listen")
         return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> GatewaySection:
+        _key_needs_cert(self.tls_cert, self.tls_key)
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca is set without tls_cert")
+        return self
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The listener's TLS context (files read now), or None: plain TCP."""
+        if self.tls_cert is None:
+            return None
+        names = tls_key_names("gateway")
+        return server_tls_context(names, self.tls_cert, self.tls_key, self.tls_client_ca)
 
 
 class AcquirerSection(_Section):
@@ -92,6 +169,14 @@ class AcquirerSection(_Section):
     header: str = ""
     stan_mode: Literal["passthrough", "rewrite"] = "passthrough"
     max_in_flight: int = Field(10_000, gt=0)
+    # TLS towards the acquirer: its certificate is verified against tls_ca (default: the
+    # system's trust store) for tls_server_name (default: the host of the address dialled);
+    # tls_cert/tls_key are the gateway's own, for acquirers that ask for one (mutual TLS).
+    tls: bool = False
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_server_name: str = ""
 
     @field_validator("addresses")
     @classmethod
@@ -113,6 +198,24 @@ class AcquirerSection(_Section):
     @classmethod
     def _check_backoff(cls, value: float, info: ValidationInfo) -> float:
         return _at_least_min(value, info)
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> AcquirerSection:
+        if not self.tls:
+            names = ("tls_ca", "tls_cert", "tls_key", "tls_server_name")
+            for name in names:
+                if getattr(self, name):
+                    # Said, not ignored: the operator meant the link to be encrypted.
+                    raise ValueError(f"{name} is set but tls is false")
+        _key_needs_cert(self.tls_cert, self.tls_key)
+        return self
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The links' TLS context (files read now), or None: plain TCP."""
+        if not self.tls:
+            return None
+        names = tls_key_names("acquirer")
+        return client_tls_context(names, self.tls_ca, self.tls_cert, self.tls_key)
 
     def own_frame_parts(self, framing: Framing) -> tuple[bytes, bytes] | None:
         """The TPDU and header of the link's own 0800s in this framing; None when the framing

@@ -131,7 +131,11 @@ class GatewayService:
             echo_timeout=config.acquirer.echo_timeout,
             sign_on=config.acquirer.sign_on,
             own_frame_parts=config.acquirer.own_frame_parts(dialect.framing),
+            # Certificates are read here, at start: a missing or bad file is a ConfigError.
+            tls=config.acquirer.tls_context(),
+            tls_server_name=config.acquirer.tls_server_name,
         )
+        self._terminal_tls = gateway.tls_context()
         self.links = {
             link_id: AcquirerLink(link_id, link_settings, dialect.framing, self.codec, self)
             for link_id in range(1, config.acquirer.connections + 1)
@@ -187,14 +191,18 @@ class GatewayService:
         for link in self.links.values():
             link.start()
         host, port = parse_hostport(self.config.gateway.listen)
-        await self.terminals.start(host, port)
+        await self.terminals.start(host, port, self._terminal_tls)
         loop = asyncio.get_running_loop()
         self._background = [
             loop.create_task(self._poll_requeued(), name="requeue-poll"),
             loop.create_task(self._prune_periodically(), name="prune"),
         ]
         log.info(
-            "gateway_started", listen=f"{host}:{self.terminals.port}", dialect=self.dialect.name
+            "gateway_started",
+            listen=f"{host}:{self.terminals.port}",
+            dialect=self.dialect.name,
+            terminal_tls=self._terminal_tls is not None,
+            acquirer_tls=self.config.acquirer.tls,
         )
 
     async def shutdown(self) -> None:

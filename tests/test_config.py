@@ -61,6 +61,12 @@ def test_environment_lists_are_json() -> None:
         ("[mqtt]\nreconnect_min = 60\n", "mqtt.reconnect_max: shorter than reconnect_min (60.0)"),
         ('[acquirer]\nheader = "0x16"\n', "acquirer.header: must be hex digits, two per byte"),
         ("[gateway]\nidle_timeout = 5\n", "gateway.idle_timeout (5.0) must be 0 or longer than"),
+        ('[acquirer]\ntls_ca = "ca.pem"\n', "acquirer: tls_ca is set but tls is false"),
+        (
+            '[acquirer]\ntls = true\ntls_key = "k.pem"\n',
+            "acquirer: tls_key is set without tls_cert",
+        ),
+        ('[gateway]\ntls_client_ca = "ca.pem"\n', "gateway: tls_client_ca is set without tls_cert"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, toml: str, expected: str) -> None:

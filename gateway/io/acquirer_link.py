@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ class LinkSettings:
     # TPDU and header of the link's own 0800s; None: the framing needs parts nobody configured
     # (acquirer.tpdu / acquirer.header), so the link sends none (no echo tests).
     own_frame_parts: tuple[bytes, bytes] | None = (b"", b"")
+    tls: ssl.SSLContext | None = None  # None: plain TCP
+    tls_server_name: str = ""  # name the acquirer's certificate must carry; "": the host dialled
 
 
 class LinkListener(Protocol):
@@ -159,15 +162,25 @@ class AcquirerLink:
 
     async def _connect_any(self) -> bool:
         loop = asyncio.get_running_loop()
+        tls = self.settings.tls
         for host, port in self.settings.addresses:
             try:
-                _, protocol = await asyncio.wait_for(
-                    loop.create_connection(lambda: _LinkProtocol(self, self._framing), host, port),
+                _, protocol = await asyncio.wait_for(  # the TLS handshake included
+                    loop.create_connection(
+                        lambda: _LinkProtocol(self, self._framing),
+                        host,
+                        port,
+                        ssl=tls,
+                        server_hostname=(self.settings.tls_server_name or host) if tls else None,
+                    ),
                     self.settings.connect_timeout,
                 )
             except (OSError, TimeoutError) as error:
-                log.info(
-                    "acquirer_connect_failed",
+                # A certificate the gateway refuses will not mend itself: said louder than a
+                # host that is down.
+                refused = isinstance(error, ssl.SSLError)
+                (log.warning if refused else log.info)(
+                    "acquirer_tls_failed" if refused else "acquirer_connect_failed",
                     link=self.link_id,
                     address=f"{host}:{port}",
                     error=str(error) or type(error).__name__,

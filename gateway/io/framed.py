@@ -45,13 +45,18 @@ class FramedProtocol(asyncio.Protocol):
         self._on_sent: list[Callable[[bool], None]] = []  # told whether those left
         self._draining: list[Callable[[bool], None]] = []  # their bytes wait in the transport
         self.write_blocked = False  # the transport holds bytes the socket has not taken
+        self._connecting = False  # inside connection_made (see pause_writing)
 
     # asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # cast, not isinstance: uvloop's transports do not subclass asyncio.Transport.
         self.transport = cast(asyncio.Transport, transport)
-        self.transport.set_write_buffer_limits(high=0)  # see the module docstring
+        self._connecting = True
+        try:
+            _report_every_unsent_byte(self.transport)
+        finally:
+            self._connecting = False
         self.local_address, self.peer_address = addresses(transport)
         self.peer = f"{self.peer_address[0]}:{self.peer_address[1]}"
         self.on_connected()
@@ -81,6 +86,12 @@ class FramedProtocol(asyncio.Protocol):
         return None  # close the transport
 
     def pause_writing(self) -> None:
+        if self._connecting:
+            # A TLS server's transport still holds the last bytes of its own handshake
+            # (session tickets) when it hands the connection over; it sends them once it reads
+            # again, and then says resume_writing. Not a peer that does not read: a terminal
+            # connection would stop reading, and those bytes would never leave.
+            return
         self.write_blocked = True
         self.on_write_blocked()
 
@@ -192,3 +203,23 @@ class FramedProtocol(asyncio.Protocol):
 
 
 ProtocolFactory = Callable[[], FramedProtocol]
+
+
+def _report_every_unsent_byte(transport: asyncio.Transport) -> None:
+    """Write-buffer limits under which asyncio pauses the protocol for any byte the kernel has
+    not taken (see the module docstring).
+
+    A plain transport pauses above ``high``: 0. A TLS transport pauses at ``high`` or more: 1.
+    A TLS transport also passes its encrypted bytes on to a TCP transport with a buffer of its
+    own; the terminal listener's TLS layer counts that buffer too (``_TerminalTls`` in
+    gateway/io/terminals.py), and here, where it can be reached (asyncio's TLS layer), it gets
+    0 as well, so that bytes stay in the TLS layer's count instead of piling up there.
+    """
+    ssl_protocol = getattr(transport, "_ssl_protocol", None)
+    if transport.get_extra_info("ssl_object") is None:
+        transport.set_write_buffer_limits(high=0)
+        return
+    inner = getattr(ssl_protocol, "_transport", None)
+    if inner is not None:
+        inner.set_write_buffer_limits(high=0)
+    transport.set_write_buffer_limits(high=1)

@@ -13,13 +13,16 @@ that sends nothing that long. TCP keepalive finds the peers that vanished withou
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import contextlib
 import itertools
 import socket
+import ssl
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import structlog
 
@@ -111,6 +114,9 @@ class TerminalServer:
         self.cut: Counter[str] = Counter()  # connections cut, by reason
         self._refused_logged_at = 0.0
         self._refused_unlogged = 0
+        self.tls_handshakes_failed = 0  # peers that never became a connection
+        self._tls_failure_logged_at = 0.0
+        self._tls_failures_unlogged = 0
 
     @property
     def port(self) -> int:
@@ -118,9 +124,31 @@ class TerminalServer:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
+        """Listen; with ``tls``, terminals speak TLS only. A terminal whose handshake fails (or
+        does not finish within ``frame_timeout``) never becomes a connection."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._make_connection, host, port, backlog=1024)
+        factory: Callable[[], asyncio.BaseProtocol] = self._make_connection
+        if tls is not None:
+            handshake_timeout = self.limits.frame_timeout
+
+            def factory() -> asyncio.BaseProtocol:
+                # asyncio's own TLS layer over the loop's TCP transport, on uvloop too (not
+                # loop.create_server(ssl=...)): uvloop's TLS layer hides its TCP transport, and
+                # an approval written there would count as delivered before the kernel has it
+                # (gateway/io/framed.py).
+                handshake = loop.create_future()
+                handshake.add_done_callback(self._handshake_done)
+                return _TerminalTls(
+                    loop,
+                    self._make_connection(),
+                    tls,
+                    handshake,
+                    server_side=True,
+                    ssl_handshake_timeout=handshake_timeout,  # type: ignore[arg-type]  # a float
+                )
+
+        self._server = await loop.create_server(factory, host, port, backlog=1024)
         self._sweeper = loop.call_later(_SWEEP_SECONDS, self._sweep)
 
     def _make_connection(self) -> TerminalConnection:
@@ -168,6 +196,24 @@ class TerminalServer:
             log.warning("terminal_connection_cut", conn=conn.conn_id, peer=conn.peer, reason=reason)
             conn.abort()
 
+    def _handshake_done(self, handshake: asyncio.Future[None]) -> None:
+        """A peer that fails the TLS handshake (plain TCP, an unknown CA, no certificate under
+        mutual TLS, too slow) never becomes a connection: counted, and said at most every 10 s."""
+        error = None if handshake.cancelled() else handshake.exception()
+        if error is None:
+            return
+        self.tls_handshakes_failed += 1
+        self._tls_failures_unlogged += 1
+        now = time.monotonic()
+        if now - self._tls_failure_logged_at >= _REFUSAL_LOG_SECONDS:
+            log.warning(
+                "terminal_tls_handshakes_failed",
+                count=self._tls_failures_unlogged,
+                last_error=str(error) or type(error).__name__,
+            )
+            self._tls_failure_logged_at = now
+            self._tls_failures_unlogged = 0
+
     def _refuse(self, conn: TerminalConnection) -> None:
         self.refused += 1
         self._refused_unlogged += 1
@@ -181,6 +227,24 @@ class TerminalServer:
             self._refused_logged_at = now
             self._refused_unlogged = 0
         conn.abort()
+
+
+class _TerminalTls(asyncio.sslproto.SSLProtocol):
+    """asyncio's TLS layer, counting the bytes its TCP transport still holds as unsent.
+
+    asyncio pauses and resumes the terminal's protocol by the bytes waiting in the TLS layer
+    only; once they are passed on to the TCP transport they count as gone, though that
+    transport may hold them because the terminal reads nothing. An approval would then count
+    as delivered and never be reversed. Counting the TCP transport's buffer too, the protocol
+    is resumed only when the kernel has taken everything (the TCP transport tells this layer
+    when it drains, and this layer then looks again). ``_get_write_buffer_size`` is asyncio's
+    own (3.11 and later); tests/e2e/tls checks the behaviour on asyncio and on uvloop.
+    """
+
+    def _get_write_buffer_size(self) -> int:
+        size: int = super()._get_write_buffer_size()  # type: ignore[misc]  # not in typeshed
+        inner = cast(asyncio.WriteTransport | None, self._transport)  # the TCP transport
+        return size + (inner.get_write_buffer_size() if inner is not None else 0)
 
 
 class _TrackedConnection(TerminalConnection):

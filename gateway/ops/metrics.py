@@ -253,6 +253,8 @@ class _TerminalServer(Protocol):
     def refused(self) -> int: ...
     @property
     def cut(self) -> Mapping[str, int]: ...
+    @property
+    def tls_handshakes_failed(self) -> int: ...
 
 
 class MeteredService(Protocol):
@@ -490,6 +492,13 @@ class GatewayCollector:
         for reason in ("write_timeout", "frame_timeout", "idle_timeout"):
             cut.add_metric([reason], terminals.cut.get(reason, 0))
         yield cut
+        tls_failed = CounterMetricFamily(
+            PREFIX + "terminal_tls_handshakes_failed",
+            "Terminals that failed the TLS handshake (gateway.tls_cert set): plain TCP, a "
+            "certificate refused, none under mutual TLS, or too slow.",
+        )
+        tls_failed.add_metric([], terminals.tls_handshakes_failed)
+        yield tls_failed
 
     def _journal(self) -> Iterator[Metric]:
         sink = self.sink

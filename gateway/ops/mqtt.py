@@ -39,7 +39,7 @@ import orjson
 import structlog
 
 from gateway import __version__
-from gateway.config import MqttSection
+from gateway.config import ConfigError, MqttSection, client_tls_context, tls_key_names
 from gateway.core import notices
 from gateway.ops.logging import redact_value
 from gateway.ops.sink import ACQUIRER_LINK_DOWN, ACQUIRER_LINK_UP
@@ -244,20 +244,11 @@ class MqttPublisher:
         """A missing or bad file is a configuration error: said at start, not retried."""
         settings = self._settings
         try:
-            context = ssl.create_default_context(
-                cafile=str(settings.tls_ca) if settings.tls_ca else None
+            return client_tls_context(
+                tls_key_names("mqtt"), settings.tls_ca, settings.tls_cert, settings.tls_key
             )
-        except (OSError, ssl.SSLError) as error:
-            raise MqttConfigError(f"mqtt.tls_ca: cannot load {settings.tls_ca}: {error}") from None
-        if settings.tls_cert:
-            key = str(settings.tls_key) if settings.tls_key else None
-            try:
-                context.load_cert_chain(str(settings.tls_cert), key)
-            except (OSError, ssl.SSLError) as error:
-                raise MqttConfigError(
-                    f"mqtt.tls_cert/tls_key: cannot load {settings.tls_cert}: {error}"
-                ) from None
-        return context
+        except ConfigError as error:
+            raise MqttConfigError(str(error)) from None
 
     # the background task ----------------------------------------------------------------
 

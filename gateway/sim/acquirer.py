@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -153,8 +154,10 @@ class AcquirerSimulator:
         ledger_file: Path | None = None,
         ledger_file_debounce: float = 0.5,
         clock: Callable[[], float] = time.time,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.dialect = get_dialect(dialect) if isinstance(dialect, str) else dialect
+        self.tls = tls  # a server context: the host speaks TLS only
         self.rules = rules if isinstance(rules, RuleSet) else RuleSet(rules or (), faults, seed)
         # The answer to a second, distinct reversal of an original already released: "00"
         # resolves it at the gateway; "94" (duplicate) tests the gateway's handling of that.
@@ -257,7 +260,9 @@ class AcquirerSimulator:
 
     async def _listen(self, host: str, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _HostConnection(self), host, port)
+        self._server = await loop.create_server(
+            lambda: _HostConnection(self), host, port, ssl=self.tls
+        )
         sockname = self._server.sockets[0].getsockname()
         self.host, self.port = sockname[0], sockname[1]
 

@@ -22,12 +22,16 @@ from typing import Any
 import click
 
 from gateway.cliutil import Failure, hostport_option
+from gateway.config import ConfigError, client_tls_context, server_tls_context
 from gateway.io import runtime
 from gateway.io.runtime import tune_gc
 from gateway.sim.acquirer import AcquirerSimulator
 from gateway.sim.rules import FaultRates, RulesError, SimSettings, load_settings
 from gateway.sim.terminals import TerminalFleet, format_summary, stderr_progress
 from gateway.wire.dialect import Dialect, DialectError, get_dialect
+
+# What an error about a TLS file calls it: the flag it came from.
+_TLS_FLAGS = {"ca": "--tls-ca", "cert": "--tls-cert/--tls-key", "client_ca": "--tls-client-ca"}
 
 
 def _load_dialect(name: str, specs_dirs: Sequence[Path]) -> Dialect:
@@ -99,6 +103,11 @@ def sim() -> None:
 )
 @click.option("--specs-dir", "specs_dirs", multiple=True, type=click.Path(path_type=Path),
               help="Extra directory of dialect files (repeatable).")  # fmt: skip
+@click.option("--tls-cert", type=click.Path(path_type=Path),
+              help="Speak TLS only, with this certificate (PEM).")  # fmt: skip
+@click.option("--tls-key", type=click.Path(path_type=Path), help="The certificate's key (PEM).")
+@click.option("--tls-client-ca", type=click.Path(path_type=Path),
+              help="Require client certificates signed by this CA (mutual TLS).")  # fmt: skip
 def acquirer(  # click passes options by name
     *,
     listen: tuple[str, int],
@@ -116,6 +125,9 @@ def acquirer(  # click passes options by name
     garbage_rate: float | None,
     duplicate_reversal_code: str | None,
     specs_dirs: Sequence[Path],
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
 ) -> None:
     """Run a simulated acquirer host until Ctrl-C; print its ledger of held funds at exit.
 
@@ -144,8 +156,15 @@ def acquirer(  # click passes options by name
         raise click.BadParameter(
             "a 2-character response code", param_hint="--duplicate-reversal-code"
         )
+    if (tls_key or tls_client_ca) and not tls_cert:
+        raise click.BadParameter("needs --tls-cert", param_hint="--tls-key/--tls-client-ca")
+    try:
+        tls = server_tls_context(_TLS_FLAGS, tls_cert, tls_key, tls_client_ca) if tls_cert else None
+    except ConfigError as error:
+        raise Failure(str(error)) from None
     simulator = AcquirerSimulator(
         dialect,
+        tls=tls,
         rules=settings.rules,
         faults=faults,
         seed=seed if seed is not None else settings.seed,
@@ -283,6 +302,12 @@ def format_ledger(summary: Mapping[str, int], requests: Mapping[str, int]) -> st
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--specs-dir", "specs_dirs", multiple=True, type=click.Path(path_type=Path),
               help="Extra directory of dialect files (repeatable).")  # fmt: skip
+@click.option("--tls", "use_tls", is_flag=True, help="Connect with TLS.")
+@click.option("--tls-ca", type=click.Path(path_type=Path),
+              help="CA of the gateway's certificate (default: the system's).")  # fmt: skip
+@click.option("--tls-cert", type=click.Path(path_type=Path),
+              help="The terminals' own certificate, for a gateway that asks for one.")  # fmt: skip
+@click.option("--tls-key", type=click.Path(path_type=Path), help="Its key (PEM).")
 def terminals(
     *,
     target: tuple[str, int],
@@ -297,9 +322,19 @@ def terminals(
     progress: bool,
     as_json: bool,
     specs_dirs: Sequence[Path],
+    use_tls: bool,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
     """Send 0100/0200 traffic from simulated POS terminals and report what they were told."""
     dialect = _load_dialect(dialect_name, specs_dirs)
+    if (tls_ca or tls_cert or tls_key) and not use_tls:
+        raise click.BadParameter("needs --tls", param_hint="--tls-ca/--tls-cert/--tls-key")
+    try:
+        tls = client_tls_context(_TLS_FLAGS, tls_ca, tls_cert, tls_key) if use_tls else None
+    except ConfigError as error:
+        raise Failure(str(error)) from None
     fleet = TerminalFleet(
         target[0],
         target[1],
@@ -312,6 +347,7 @@ def terminals(
         seed=seed,
         reverse_on_timeout=reverse_on_timeout,
         progress=stderr_progress if progress else None,
+        tls=tls,
     )
 
     async def run() -> dict[str, Any]:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import math
 import random
+import ssl
 import sys
 import time
 from collections import Counter
@@ -264,6 +265,7 @@ class _Terminal:
                         lambda: _ClientProtocol(fleet.framing, self.on_frame, self.on_lost),
                         fleet.host,
                         fleet.port,
+                        ssl=fleet.tls,
                     ),
                     CONNECT_TIMEOUT,
                 )
@@ -393,6 +395,7 @@ class TerminalFleet:
         connect_retry_delay: float = 0.2,
         terminal_id_prefix: str = "TERM",
         progress: Callable[[str], None] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         if terminals < 1 or count < 0 or pipeline < 1 or rate < 0 or timeout <= 0:
             raise ValueError(
@@ -400,6 +403,7 @@ class TerminalFleet:
             )
         self.host = host
         self.port = port
+        self.tls = tls  # a client context: terminals connect with TLS
         self.dialect = get_dialect(dialect) if isinstance(dialect, str) else dialect
         self.codec = Codec(self.dialect)
         self.encoder = MessageEncoder(self.codec)
@@ -557,10 +561,12 @@ class TerminalClient:
         timeout: float = 5.0,
         tpdu: bytes | None = None,
         header: bytes | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.dialect = get_dialect(dialect) if isinstance(dialect, str) else dialect
         self.codec = Codec(self.dialect)
         self.timeout = timeout
+        self.tls = tls
         default_tpdu, default_header = default_envelope(self.dialect)
         self.tpdu = default_tpdu if tpdu is None else tpdu
         self.header = default_header if header is None else header
@@ -584,6 +590,7 @@ class TerminalClient:
                 lambda: _ClientProtocol(self.dialect.framing, self._on_frame, self._on_lost),
                 host,
                 port,
+                ssl=self.tls,
             ),
             CONNECT_TIMEOUT,
         )

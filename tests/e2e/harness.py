@@ -7,6 +7,7 @@ journal in tmp_path and short timeouts; terminals are `TerminalClient`s or a `Te
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -168,9 +169,12 @@ async def start_stack(
     rules: Iterable[Rule] = (),
     faults: FaultRates | None = None,
     simulator_paused: bool = False,
+    simulator_tls: ssl.SSLContext | None = None,
     **overrides: Any,
 ) -> Stack:
-    simulator = AcquirerSimulator(dialect, rules=list(rules), faults=faults, seed=1)
+    simulator = AcquirerSimulator(
+        dialect, rules=list(rules), faults=faults, seed=1, tls=simulator_tls
+    )
     await simulator.start("127.0.0.1", 0)
     if simulator_paused:
         await simulator.pause()

@@ -278,7 +278,9 @@ class FakeService:
         self.counters = ServiceCounters()
         self.links = {1: SimpleNamespace(is_up=True, reconnects=2, echo_failures=1)}
         self.journal = SimpleNamespace(commit_errors=0)
-        self.terminals = SimpleNamespace(refused=3, cut={"write_timeout": 2})
+        self.terminals = SimpleNamespace(
+            refused=3, cut={"write_timeout": 2}, tls_handshakes_failed=4
+        )
 
     def status(self) -> dict[str, Any]:
         raise AssertionError("status() needs a started service")
@@ -354,6 +356,7 @@ def test_sink_counts_every_notice_kind() -> None:
     assert value(samples, "iso_gateway_terminal_connections_refused_total") == 3
     assert value(samples, "iso_gateway_terminal_connections_cut_total", reason="write_timeout") == 2
     assert value(samples, "iso_gateway_terminal_connections_cut_total", reason="idle_timeout") == 0
+    assert value(samples, "iso_gateway_terminal_tls_handshakes_failed_total") == 4
     assert value(samples, "iso_gateway_acquirer_sends_dropped_total", reason="journal_late") == 0
 
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import trustme
 from click.testing import CliRunner
 
 from gateway.sim.commands import sim
@@ -145,3 +146,37 @@ def test_terminals_with_nobody_listening_fail_clearly() -> None:
     )  # fmt: skip
     assert result.exit_code == 1
     assert "cannot connect" in result.output
+
+
+def test_the_simulators_speak_tls_when_asked(tmp_path: Path) -> None:
+    """`sim acquirer --tls-cert` and `sim terminals --tls --tls-ca`: one TLS conversation."""
+    ca = trustme.CA()
+    server = tmp_path / "acquirer.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(server))
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    process, port, _ = start_acquirer("--tls-cert", str(server))
+    try:
+        target = ["terminals", "--target", f"127.0.0.1:{port}", "--dialect", "iso87-binary",
+                  "--count", "10", "--terminals", "2", "--json"]  # fmt: skip
+        secure = CliRunner().invoke(sim, [*target, "--tls", "--tls-ca", str(ca_file)])
+        plain = CliRunner().invoke(sim, [*target, "--timeout", "0.5"])
+    finally:
+        out, _ = stop(process)
+    assert secure.exit_code == 0, secure.output
+    assert json.loads(secure.output)["approved"] == 10
+    assert json.loads(plain.output)["approved"] == 0  # plain TCP on a TLS port: no answer
+    assert "approved (held)      10" in out
+
+
+def test_tls_flags_without_what_they_belong_to_are_usage_errors() -> None:
+    result = CliRunner().invoke(
+        sim, ["acquirer", "--listen", "127.0.0.1:0", "--dialect", "iso87-binary",
+              "--tls-key", "key.pem"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "needs --tls-cert" in result.output
+    result = CliRunner().invoke(
+        sim, ["terminals", "--target", "127.0.0.1:1", "--dialect", "iso87-binary",
+              "--tls-ca", "ca.pem"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "needs --tls" in result.output

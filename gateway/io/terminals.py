@@ -110,13 +110,9 @@ class TerminalServer:
         self.connections: dict[int, TerminalConnection] = {}
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
-        self.refused = 0  # connections refused at max_connections
+        self._refusals = _CountedWarning("terminal_connections_refused")
+        self._tls_failures = _CountedWarning("terminal_tls_handshakes_failed")
         self.cut: Counter[str] = Counter()  # connections cut, by reason
-        self._refused_logged_at = 0.0
-        self._refused_unlogged = 0
-        self.tls_handshakes_failed = 0  # peers that never became a connection
-        self._tls_failure_logged_at = 0.0
-        self._tls_failures_unlogged = 0
 
     @property
     def port(self) -> int:
@@ -198,35 +194,44 @@ class TerminalServer:
 
     def _handshake_done(self, handshake: asyncio.Future[None]) -> None:
         """A peer that fails the TLS handshake (plain TCP, an unknown CA, no certificate under
-        mutual TLS, too slow) never becomes a connection: counted, and said at most every 10 s."""
+        mutual TLS, too slow) never becomes a connection: counted, and said now and then."""
         error = None if handshake.cancelled() else handshake.exception()
-        if error is None:
-            return
-        self.tls_handshakes_failed += 1
-        self._tls_failures_unlogged += 1
-        now = time.monotonic()
-        if now - self._tls_failure_logged_at >= _REFUSAL_LOG_SECONDS:
-            log.warning(
-                "terminal_tls_handshakes_failed",
-                count=self._tls_failures_unlogged,
-                last_error=str(error) or type(error).__name__,
-            )
-            self._tls_failure_logged_at = now
-            self._tls_failures_unlogged = 0
+        if error is not None:
+            self._tls_failures.add(last_error=str(error) or type(error).__name__)
 
     def _refuse(self, conn: TerminalConnection) -> None:
-        self.refused += 1
-        self._refused_unlogged += 1
-        now = time.monotonic()
-        if now - self._refused_logged_at >= _REFUSAL_LOG_SECONDS:
-            log.warning(
-                "terminal_connections_refused",
-                count=self._refused_unlogged,
-                max_connections=self.limits.max_connections,
-            )
-            self._refused_logged_at = now
-            self._refused_unlogged = 0
+        self._refusals.add(max_connections=self.limits.max_connections)
         conn.abort()
+
+    @property
+    def refused(self) -> int:
+        """Connections refused at max_connections."""
+        return self._refusals.total
+
+    @property
+    def tls_handshakes_failed(self) -> int:
+        """Peers that failed the TLS handshake, and so never became a connection."""
+        return self._tls_failures.total
+
+
+class _CountedWarning:
+    """A warning for something that may come in floods (a port scan, a reconnect storm): said
+    at most every ``_REFUSAL_LOG_SECONDS``, with how many happened since it was last said."""
+
+    def __init__(self, event: str) -> None:
+        self.event = event
+        self.total = 0
+        self._unlogged = 0
+        self._logged_at = 0.0
+
+    def add(self, **context: object) -> None:
+        self.total += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._logged_at >= _REFUSAL_LOG_SECONDS:
+            log.warning(self.event, count=self._unlogged, **context)
+            self._logged_at = now
+            self._unlogged = 0
 
 
 class _TerminalTls(asyncio.sslproto.SSLProtocol):

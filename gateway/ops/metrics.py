@@ -360,13 +360,12 @@ class GatewayCollector:
             "reason",
             sink.unmatched_responses,
         )
-        unmatched_approvals = CounterMetricFamily(
-            PREFIX + "unmatched_approvals",
+        yield _counter(
+            "unmatched_approvals",
             "Approvals of authorizations that match no request: funds may be held that no "
             "terminal was told about, and the gateway cannot reverse them.",
+            sink.unmatched_approvals,
         )
-        unmatched_approvals.add_metric([], sink.unmatched_approvals)
-        yield unmatched_approvals
         yield _counter_by(
             "undeliverable_responses",
             "Approvals that could not be written to the terminal (then reversed), by outcome.",
@@ -477,12 +476,11 @@ class GatewayCollector:
         total.add_metric([], counters.terminal_connections_total)
         yield total
         terminals = self.service.terminals
-        refused = CounterMetricFamily(
-            PREFIX + "terminal_connections_refused",
+        yield _counter(
+            "terminal_connections_refused",
             "Terminal connections refused at gateway.max_connections.",
+            terminals.refused,
         )
-        refused.add_metric([], terminals.refused)
-        yield refused
         cut = CounterMetricFamily(
             PREFIX + "terminal_connections_cut",
             "Terminal connections the gateway cut: write_timeout (it read nothing), "
@@ -492,13 +490,12 @@ class GatewayCollector:
         for reason in ("write_timeout", "frame_timeout", "idle_timeout"):
             cut.add_metric([reason], terminals.cut.get(reason, 0))
         yield cut
-        tls_failed = CounterMetricFamily(
-            PREFIX + "terminal_tls_handshakes_failed",
+        yield _counter(
+            "terminal_tls_handshakes_failed",
             "Terminals that failed the TLS handshake (gateway.tls_cert set): plain TCP, a "
             "certificate refused, none under mutual TLS, or too slow.",
+            terminals.tls_handshakes_failed,
         )
-        tls_failed.add_metric([], terminals.tls_handshakes_failed)
-        yield tls_failed
 
     def _journal(self) -> Iterator[Metric]:
         sink = self.sink
@@ -536,6 +533,12 @@ class GatewayCollector:
             )
             family.add_metric([], dropped)
             yield family
+
+
+def _counter(name: str, documentation: str, count: int) -> Metric:
+    family = CounterMetricFamily(PREFIX + name, documentation)
+    family.add_metric([], count)
+    return family
 
 
 def _counter_by(name: str, documentation: str, label: str, counts: Mapping[str, int]) -> Metric:

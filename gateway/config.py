@@ -97,7 +97,8 @@ def _load_cert_chain(
     try:
         context.load_cert_chain(str(cert), str(key) if key else None)
     except (OSError, ssl.SSLError) as error:
-        raise ConfigError(f"{names['cert']}: cannot load {cert}: {error}") from None
+        files = f"{cert} with the key in {key}" if key else str(cert)
+        raise ConfigError(f"{names['cert']}: cannot load {files}: {error}") from None
 
 
 def _key_needs_cert(cert: Path | None, key: Path | None) -> None:
@@ -128,6 +129,7 @@ class GatewaySection(_Section):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    tls_handshake_timeout: float = Field(10.0, gt=0)  # a TLS peer that has not finished it
 
     @field_validator("listen")
     @classmethod

@@ -119,6 +119,7 @@ class GatewayService:
             write_timeout=gateway.write_timeout,
             frame_timeout=gateway.frame_timeout,
             idle_timeout=gateway.idle_timeout,
+            tls_handshake_timeout=gateway.tls_handshake_timeout,
         )
         self.terminals = TerminalServer(dialect.framing, self, limits)
         addresses = [parse_hostport(a) for a in config.acquirer.addresses]

@@ -56,6 +56,15 @@ class LinkListener(Protocol):
     def on_link_format_error(self, link: AcquirerLink, error: Exception) -> None: ...
 
 
+# A connection that lasts this long, or brings any message, counts as having worked: the
+# backoff starts afresh after it ends.
+_STABLE_SECONDS = 5.0
+
+
+def _address(link: AcquirerLink) -> str | None:
+    return f"{link.address[0]}:{link.address[1]}" if link.address else None
+
+
 class _LinkProtocol(FramedProtocol):
     def __init__(self, link: AcquirerLink, framing: Framing) -> None:
         super().__init__(framing)
@@ -68,7 +77,7 @@ class _LinkProtocol(FramedProtocol):
         self._link._listener.on_link_format_error(self._link, error)
 
     def on_disconnected(self, exc: Exception | None) -> None:
-        self._link._on_disconnected()
+        self._link._on_disconnected(exc)
 
 
 class AcquirerLink:
@@ -92,6 +101,7 @@ class AcquirerLink:
         self._up = False
         self._stopping = False
         self._last_received = 0.0
+        self._connected_at = 0.0  # when the current connection was made
         self._own_stans: dict[str, asyncio.Future[str]] = {}
         self._stan = self._rng.randrange(1, 999_999)
         self.address: tuple[str, int] | None = None
@@ -149,11 +159,15 @@ class AcquirerLink:
                 raise asyncio.CancelledError
             connected = await self._connect_any()
             if connected:
-                attempt = 0
                 await self._serve()
                 if self._stopping:
                     return
                 self.reconnects += 1
+                heard = self._last_received > self._connected_at
+                if heard or time.monotonic() - self._connected_at >= _STABLE_SECONDS:
+                    attempt = 0  # it worked for a while: reconnect at once, back off afresh
+                # else: dropped before the acquirer said anything (a refused TLS client
+                # certificate, a host that accepts and hangs up): the backoff keeps growing.
             # Exponential backoff with full jitter, so that many gateways do not reconnect
             # to a recovering acquirer in lock step.
             delay = min(self.settings.reconnect_max, self.settings.reconnect_min * 2**attempt)
@@ -193,7 +207,7 @@ class AcquirerLink:
                 return False
             self._protocol = protocol
             self.address = (host, port)
-            self._last_received = time.monotonic()
+            self._last_received = self._connected_at = time.monotonic()
             log.info("acquirer_connected", link=self.link_id, address=f"{host}:{port}")
             return True
         return False
@@ -322,5 +336,26 @@ class AcquirerLink:
         if response_code != "00":
             log.warning("acquirer_network_management_refused", link=self.link_id, code=code)
 
-    def _on_disconnected(self) -> None:
-        log.info("acquirer_disconnected", link=self.link_id)
+    def _on_disconnected(self, exc: Exception | None) -> None:
+        if isinstance(exc, ssl.SSLError):
+            log.warning(
+                "acquirer_tls_failed", link=self.link_id, address=_address(self), error=str(exc)
+            )
+        elif (
+            self.settings.tls is not None
+            and self._last_received == self._connected_at
+            and time.monotonic() - self._connected_at < _STABLE_SECONDS
+        ):
+            # With TLS 1.3 the gateway's handshake is done before the acquirer has checked
+            # the gateway's certificate: a refusal (none, or one it does not trust) ends a
+            # connection that looked up, before the acquirer has said anything, and asyncio
+            # reports it as an ordinary close.
+            log.warning(
+                "acquirer_closed_before_any_answer",
+                link=self.link_id,
+                address=_address(self),
+                error=str(exc) if exc else None,
+                hint="TLS: did the acquirer refuse the gateway's certificate (acquirer.tls_cert)?",
+            )
+        else:
+            log.info("acquirer_disconnected", link=self.link_id, error=str(exc) if exc else None)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto
 import contextlib
+import functools
 import itertools
 import socket
 import ssl
@@ -45,6 +46,7 @@ class ConnectionLimits:
     max_connections: int = 10_000
     write_timeout: float = 30.0  # a terminal taking none of our bytes this long is cut off
     frame_timeout: float = 30.0  # a frame left half sent this long
+    tls_handshake_timeout: float = 10.0  # a TLS peer that has not finished its handshake
     idle_timeout: float = 0.0  # nothing received this long; 0 = never
 
 
@@ -111,6 +113,7 @@ class TerminalServer:
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._refusals = _CountedWarning("terminal_connections_refused")
+        self._handshaking: set[_TerminalTls] = set()  # TLS peers not yet connections
         self._tls_failures = _CountedWarning("terminal_tls_handshakes_failed")
         self.cut: Counter[str] = Counter()  # connections cut, by reason
 
@@ -122,20 +125,22 @@ class TerminalServer:
 
     async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         """Listen; with ``tls``, terminals speak TLS only. A terminal whose handshake fails (or
-        does not finish within ``frame_timeout``) never becomes a connection."""
+        does not finish within ``tls_handshake_timeout``) never becomes a connection; one
+        still in its handshake counts against ``max_connections``."""
         loop = asyncio.get_running_loop()
         factory: Callable[[], asyncio.BaseProtocol] = self._make_connection
         if tls is not None:
-            handshake_timeout = self.limits.frame_timeout
+            handshake_timeout = self.limits.tls_handshake_timeout
 
             def factory() -> asyncio.BaseProtocol:
+                if len(self.connections) + len(self._handshaking) >= self.limits.max_connections:
+                    return _RefusedAtOnce(self)
                 # asyncio's own TLS layer over the loop's TCP transport, on uvloop too (not
                 # loop.create_server(ssl=...)): uvloop's TLS layer hides its TCP transport, and
                 # an approval written there would count as delivered before the kernel has it
                 # (gateway/io/framed.py).
                 handshake = loop.create_future()
-                handshake.add_done_callback(self._handshake_done)
-                return _TerminalTls(
+                layer = _TerminalTls(
                     loop,
                     self._make_connection(),
                     tls,
@@ -143,6 +148,9 @@ class TerminalServer:
                     server_side=True,
                     ssl_handshake_timeout=handshake_timeout,  # type: ignore[arg-type]  # a float
                 )
+                self._handshaking.add(layer)
+                handshake.add_done_callback(functools.partial(self._handshake_done, layer))
+                return layer
 
         self._server = await loop.create_server(factory, host, port, backlog=1024)
         self._sweeper = loop.call_later(_SWEEP_SECONDS, self._sweep)
@@ -170,6 +178,8 @@ class TerminalServer:
             await asyncio.sleep(0.02)
         for conn in list(self.connections.values()):
             conn.abort()
+        for layer in list(self._handshaking):  # not terminals yet: nothing owed to them
+            layer.abort()
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -192,9 +202,10 @@ class TerminalServer:
             log.warning("terminal_connection_cut", conn=conn.conn_id, peer=conn.peer, reason=reason)
             conn.abort()
 
-    def _handshake_done(self, handshake: asyncio.Future[None]) -> None:
+    def _handshake_done(self, layer: _TerminalTls, handshake: asyncio.Future[None]) -> None:
         """A peer that fails the TLS handshake (plain TCP, an unknown CA, no certificate under
         mutual TLS, too slow) never becomes a connection: counted, and said now and then."""
+        self._handshaking.discard(layer)
         error = None if handshake.cancelled() else handshake.exception()
         if error is not None:
             self._tls_failures.add(last_error=str(error) or type(error).__name__)
@@ -234,6 +245,17 @@ class _CountedWarning:
             self._unlogged = 0
 
 
+class _RefusedAtOnce(asyncio.Protocol):
+    """A TLS peer over ``max_connections``: dropped before its handshake costs anything."""
+
+    def __init__(self, server: TerminalServer) -> None:
+        self._server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._server._refusals.add(max_connections=self._server.limits.max_connections)
+        cast(asyncio.Transport, transport).abort()
+
+
 class _TerminalTls(asyncio.sslproto.SSLProtocol):
     """asyncio's TLS layer, counting the bytes its TCP transport still holds as unsent.
 
@@ -246,10 +268,31 @@ class _TerminalTls(asyncio.sslproto.SSLProtocol):
     own (3.11 and later); tests/e2e/tls checks the behaviour on asyncio and on uvloop.
     """
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._tcp_transport = transport
+        super().connection_made(transport)
+
+    def abort(self) -> None:
+        """Drop the TCP connection under this layer (a peer still in its handshake)."""
+        cast(asyncio.Transport, self._tcp_transport).abort()
+
     def _get_write_buffer_size(self) -> int:
         size: int = super()._get_write_buffer_size()  # type: ignore[misc]  # not in typeshed
         inner = cast(asyncio.WriteTransport | None, self._transport)  # the TCP transport
         return size + (inner.get_write_buffer_size() if inner is not None else 0)
+
+    def eof_received(self) -> None:  # typeshed's signature; asyncio's returns a bool
+        """The terminal sent a bare FIN (a half-close, or its TLS stack died) with no TLS
+        close_notify. asyncio's TLS layer then drops every later write without a word while its
+        transport still says it is open, so an approval written meanwhile would count as
+        delivered. As over plain TCP, the connection is gone for writing from now on: later
+        approvals are refused (and reversed), and reading resumes so that the layer finishes
+        closing instead of waiting for a drain that cannot come."""
+        app_transport = self._app_transport
+        if app_transport is not None:
+            app_transport._closed = True  # is_closing() from now on
+        self._app_reading_paused = False
+        return super().eof_received()
 
 
 class _TrackedConnection(TerminalConnection):

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 
 import pytest
+import trustme
 import uvloop
 
 
@@ -14,3 +15,9 @@ def pytest_asyncio_loop_factories(
 ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
     del config, item
     return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    """A throwaway certificate authority, in memory."""
+    return trustme.CA()

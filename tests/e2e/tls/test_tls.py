@@ -26,11 +26,6 @@ from gateway.wire.framing import Frame, encode_frame
 from ..harness import Stack, StackFactory, auth, build_service, events
 
 
-@pytest.fixture
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 def _pem(tmp_path: Path, name: str, blob: trustme.Blob) -> str:
     path = tmp_path / f"{name}.pem"
     blob.write_to_path(str(path))

@@ -13,12 +13,15 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import trustme
 
 from gateway.config import ConfigError, load_config
+from gateway.io.terminals import TerminalConnection
 from gateway.sim.rules import Rule
 from gateway.sim.terminals import TerminalClient, TerminalFleet
 from gateway.wire.framing import Frame, encode_frame
@@ -184,20 +187,49 @@ def test_a_missing_certificate_file_is_said_at_start_naming_the_key(tmp_path: Pa
             build_service(config, tmp_path / "journal.sqlite3")
 
 
+_T = TypeVar("_T")
+
+
+async def run_blocking_terminal(
+    stack: Stack, terminal: Callable[..., _T], *args: object
+) -> tuple[asyncio.Future[_T], TerminalConnection]:
+    """Run ``terminal(port, *args, go)`` (a blocking socket) in a thread. Once the gateway has
+    accepted it, its send buffer towards this terminal is cut to 4 KB (kernel: 8 KB), and
+    then the terminal is let go: the gateway's writes to it block early."""
+    go = threading.Event()
+    done = asyncio.get_running_loop().run_in_executor(None, terminal, stack.port, *args, go)
+    await stack.settle(lambda: len(stack.service.terminals.connections) == 1, what="accepted")
+    [conn] = stack.service.terminals.connections.values()
+    assert conn.transport is not None
+    conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    go.set()
+    return done, conn
+
+
+@contextlib.contextmanager
+def small_buffered_terminal(
+    port: int, context: ssl.SSLContext | Any, timeout: float
+) -> Iterator[socket.socket]:
+    """A blocking connection to the gateway with a 4 KB receive buffer (the kernel: 8 KB),
+    wrapped by ``context`` (an SSLContext, or a stand-in for plain TCP)."""
+    with socket.socket() as raw:
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.settimeout(timeout)
+        raw.connect(("127.0.0.1", port))
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as wrapped:
+            yield wrapped
+
+
 def _never_reading_terminal(
     port: int, context: ssl.SSLContext, wave: bytes, go: threading.Event
 ) -> None:
     """A TLS terminal that pipelines a wave of requests and reads nothing (a blocking socket:
     nothing reads for it), with a small receive buffer. It sends once ``go`` is set."""
-    with socket.socket() as raw:
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.settimeout(6.0)
-        raw.connect(("127.0.0.1", port))
-        with context.wrap_socket(raw, server_hostname="127.0.0.1") as terminal:
-            go.wait(5.0)
-            with contextlib.suppress(OSError):  # the gateway stops reading, then cuts it
-                terminal.sendall(wave)
-            time.sleep(4.0)  # connected, reading nothing, until the gateway has cut it
+    with small_buffered_terminal(port, context, timeout=6.0) as terminal:
+        go.wait(5.0)
+        with contextlib.suppress(OSError):  # the gateway stops reading, then cuts it
+            terminal.sendall(wave)
+        time.sleep(4.0)  # connected, reading nothing, until the gateway has cut it
 
 
 async def test_a_tls_terminal_that_reads_nothing_has_its_unsent_approvals_reversed(
@@ -214,15 +246,7 @@ async def test_a_tls_terminal_that_reads_nothing_has_its_unsent_approvals_revers
         encode_frame(framing, Frame(codec.encode("0200", auth(stan, terminal="TERM0009"))))
         for stan in range(1, 1501)
     )
-    go = threading.Event()
-    flood = asyncio.get_running_loop().run_in_executor(
-        None, _never_reading_terminal, stack.port, _terminal_tls(ca), wave, go
-    )
-    await stack.settle(lambda: len(stack.service.terminals.connections) == 1, what="accepted")
-    [conn] = stack.service.terminals.connections.values()
-    assert conn.transport is not None
-    conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    go.set()
+    flood, _ = await run_blocking_terminal(stack, _never_reading_terminal, _terminal_tls(ca), wave)
     await stack.settle(lambda: stack.service.terminals.cut["write_timeout"] == 1, what="the cut")
     undeliverable = events(stack).kinds().count("undeliverable_response")
     await stack.acknowledged(undeliverable)

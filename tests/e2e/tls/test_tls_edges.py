@@ -17,85 +17,91 @@ import trustme
 from gateway.sim.rules import Rule
 from gateway.wire.framing import Frame, FrameDecoder, encode_frame
 
-from ..harness import StackFactory, auth, events
+from ..harness import Stack, StackFactory, auth, events
 from .test_tls import (
     _acquirer_tls,
     _gateway_tls,
     _never_reading_terminal,
     _terminal_tls,
     _tls_stack,
+    run_blocking_terminal,
+    small_buffered_terminal,
 )
 
 
 def _halfclosing_terminal(
     port: int,
-    context: ssl.SSLContext,
+    context: ssl.SSLContext | _PlainContext,
     first: bytes,
     wave: bytes,
-    go: threading.Event,
     read_after: float,
+    go: threading.Event,
 ) -> bytes:
     """Sends `first` and a wave it does not read the answers of, then a TCP half-close (FIN
     without close_notify: what a terminal does with shutdown(SHUT_WR), or a crash of its TLS
     stack); reads every answer from `read_after` seconds on, until the gateway closes."""
-    with socket.socket() as raw:
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.settimeout(10.0)
-        raw.connect(("127.0.0.1", port))
-        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-            go.wait(5.0)
-            tls.sendall(first)
-            time.sleep(0.2)
-            tls.sendall(wave)
-            time.sleep(0.5)  # the gateway's answers fill the buffers: it is write-blocked
-            socket.socket.shutdown(tls, socket.SHUT_WR)  # TCP FIN only
-            time.sleep(read_after)
-            received = bytearray()
-            with contextlib.suppress(OSError):
-                while chunk := tls.recv(65536):
-                    received += chunk
-            return bytes(received)
+    with small_buffered_terminal(port, context, timeout=10.0) as tls:
+        go.wait(5.0)
+        tls.sendall(first)
+        time.sleep(0.2)
+        tls.sendall(wave)
+        time.sleep(0.5)  # the gateway's answers fill the buffers: it is write-blocked
+        socket.socket.shutdown(tls, socket.SHUT_WR)  # TCP FIN only
+        time.sleep(read_after)
+        received = bytearray()
+        with contextlib.suppress(OSError):
+            while chunk := tls.recv(65536):
+                received += chunk
+        return bytes(received)
 
 
-async def test_an_approval_written_after_a_bare_fin_over_tls_is_reversed(
-    make_stack: StackFactory,
-    tmp_path: Path,
-    ca: trustme.CA,
-) -> None:
-    """Plain TCP: the FIN closes the transport, a later approval is refused and reversed. Over
-    TLS, asyncio's layer silently dropped later writes while its transport said it was open:
-    the late approval counted as delivered, its hold left behind (_TerminalTls.eof_received)."""
-    stack = await _tls_stack(
-        make_stack, tmp_path, ca, gateway__write_timeout=20.0, acquirer__timeout=5.0,
-        rules=[Rule(amount_min=7777, amount_max=7777, fault="delay", seconds=1.5)],
-    )  # fmt: skip
+async def _half_close_then_read(
+    stack: Stack, context: ssl.SSLContext | _PlainContext
+) -> tuple[set[str], set[str]]:
+    """A terminal that half-closes while the gateway's writes to it block (one answer comes
+    1.5 s late, after the FIN), then reads all. The STANs approved that it received, and
+    those whose holds the gateway kept (counted as delivered)."""
     codec, framing = stack.service.codec, stack.service.dialect.framing
     first = encode_frame(framing, Frame(codec.encode("0200", auth(1, amount=7777))))
     wave = b"".join(
         encode_frame(framing, Frame(codec.encode("0200", auth(stan)))) for stan in range(2, 1202)
     )
-    go = threading.Event()
-    terminal = asyncio.get_running_loop().run_in_executor(
-        None, _halfclosing_terminal, stack.port, _terminal_tls(ca), first, wave, go, 3.0
+    terminal, _ = await run_blocking_terminal(
+        stack, _halfclosing_terminal, context, first, wave, 3.0
     )
-    await stack.settle(lambda: len(stack.service.terminals.connections) == 1, what="accepted")
-    [conn] = stack.service.terminals.connections.values()
-    assert conn.transport is not None
-    conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    go.set()
     received = await terminal
-    got = set()
-    for frame in FrameDecoder(framing).feed(received):
-        message = codec.decode(frame.message)
-        if message.get("39") == "00":
-            got.add(message.get("11"))
+    got = {
+        message.get("11") or ""
+        for message in (
+            codec.decode(frame.message) for frame in FrameDecoder(framing).feed(received)
+        )
+        if message.get("39") == "00"
+    }
     await stack.settle(lambda: not stack.service.terminals.connections, what="gone")
     undeliverable = events(stack).kinds().count("undeliverable_response")
     if undeliverable:
         await stack.acknowledged(undeliverable)
     await asyncio.sleep(0.5)
-    kept = {hold.key.stan for hold in stack.holds() if not hold.released}
     assert "000001" in {hold.key.stan for hold in stack.holds()}
+    kept = {hold.key.stan or "" for hold in stack.holds() if not hold.released}
+    return got, kept
+
+
+_LATE_ANSWER = {
+    "gateway__write_timeout": 20.0,
+    "acquirer__timeout": 5.0,
+    "rules": [Rule(amount_min=7777, amount_max=7777, fault="delay", seconds=1.5)],
+}
+
+
+async def test_an_approval_written_after_a_bare_fin_over_tls_is_reversed(
+    make_stack: StackFactory, tmp_path: Path, ca: trustme.CA
+) -> None:
+    """Plain TCP: the FIN closes the transport, a later approval is refused and reversed. Over
+    TLS, asyncio's layer silently dropped later writes while its transport said it was open:
+    the late approval counted as delivered, its hold left behind (_TerminalTls.eof_received)."""
+    stack = await _tls_stack(make_stack, tmp_path, ca, **_LATE_ANSWER)
+    got, kept = await _half_close_then_read(stack, _terminal_tls(ca))
     # Every approval the gateway counted as delivered (hold kept) reached the terminal.
     assert kept <= got, sorted(kept - got)
 
@@ -109,36 +115,9 @@ class _PlainContext:
 
 
 async def test_the_same_over_plain_tcp(make_stack: StackFactory) -> None:
-    stack = await make_stack(
-        gateway__write_timeout=20.0, acquirer__timeout=5.0,
-        rules=[Rule(amount_min=7777, amount_max=7777, fault="delay", seconds=1.5)],
-    )  # fmt: skip
+    stack = await make_stack(**_LATE_ANSWER)
     await stack.links_up()
-    codec, framing = stack.service.codec, stack.service.dialect.framing
-    first = encode_frame(framing, Frame(codec.encode("0200", auth(1, amount=7777))))
-    wave = b"".join(
-        encode_frame(framing, Frame(codec.encode("0200", auth(stan)))) for stan in range(2, 1202)
-    )
-    go = threading.Event()
-    terminal = asyncio.get_running_loop().run_in_executor(
-        None, _halfclosing_terminal, stack.port, _PlainContext(), first, wave, go, 3.0
-    )
-    await stack.settle(lambda: len(stack.service.terminals.connections) == 1, what="accepted")
-    [conn] = stack.service.terminals.connections.values()
-    assert conn.transport is not None
-    conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    go.set()
-    received = await terminal
-    got = {
-        codec.decode(frame.message).get("11")
-        for frame in FrameDecoder(framing).feed(received)
-        if codec.decode(frame.message).get("39") == "00"
-    }
-    await stack.settle(lambda: not stack.service.terminals.connections, what="gone")
-    undeliverable = events(stack).kinds().count("undeliverable_response")
-    if undeliverable:
-        await stack.acknowledged(undeliverable)
-    kept = {hold.key.stan for hold in stack.holds() if not hold.released}
+    got, kept = await _half_close_then_read(stack, _PlainContext())
     assert "000001" not in kept
     assert kept <= got, sorted(kept - got)
 
@@ -190,15 +169,9 @@ async def test_shutdown_cuts_a_tls_terminal_that_takes_nothing(
         encode_frame(framing, Frame(codec.encode("0200", auth(stan, terminal="TERM0009"))))
         for stan in range(1, 1501)
     )
-    go = threading.Event()
-    flood = loop.run_in_executor(
-        None, _never_reading_terminal, stack.port, _terminal_tls(ca), wave, go
+    flood, conn = await run_blocking_terminal(
+        stack, _never_reading_terminal, _terminal_tls(ca), wave
     )
-    await stack.settle(lambda: len(stack.service.terminals.connections) == 1, what="accepted")
-    [conn] = stack.service.terminals.connections.values()
-    assert conn.transport is not None
-    conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    go.set()
     await stack.settle(lambda: conn.write_blocked, what="blocked")
     await asyncio.sleep(0.3)
     started = time.monotonic()

@@ -523,7 +523,9 @@ class GatewayService:
             self.tap.connection_opened(
                 "acquirer", connection.local_address, connection.peer_address
             )
-        self.sink.notify("acquirer_link_up", {"link_id": link.link_id, "address": _addr(link)})
+        self.sink.notify(
+            "acquirer_link_up", {"link_id": link.link_id, "address": link.address_text or "-"}
+        )
         self._dispatch(LinkUp(link.link_id))
 
     def on_link_down(self, link: AcquirerLink) -> None:
@@ -536,7 +538,9 @@ class GatewayService:
         # hears of the loss, so they cannot reach a reconnected link after their reversal.
         if self._held_sends:
             self._held_sends = deque(s for s in self._held_sends if s[1] != link.link_id)
-        self.sink.notify("acquirer_link_down", {"link_id": link.link_id, "address": _addr(link)})
+        self.sink.notify(
+            "acquirer_link_down", {"link_id": link.link_id, "address": link.address_text or "-"}
+        )
         self._dispatch(LinkDown(link.link_id))
 
     def on_link_message(self, link: AcquirerLink, frame: Frame, view: FieldView) -> None:
@@ -591,7 +595,3 @@ class GatewayService:
         stats["links_up"] = sum(1 for link in self.links.values() if link.is_up)
         stats["terminal_connections"] = len(self.terminals.connections)
         return stats
-
-
-def _addr(link: AcquirerLink) -> str:
-    return f"{link.address[0]}:{link.address[1]}" if link.address else "-"

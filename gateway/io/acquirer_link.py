@@ -61,10 +61,6 @@ class LinkListener(Protocol):
 _STABLE_SECONDS = 5.0
 
 
-def _address(link: AcquirerLink) -> str | None:
-    return f"{link.address[0]}:{link.address[1]}" if link.address else None
-
-
 class _LinkProtocol(FramedProtocol):
     def __init__(self, link: AcquirerLink, framing: Framing) -> None:
         super().__init__(framing)
@@ -137,6 +133,11 @@ class AcquirerLink:
                 await self._task
 
     @property
+    def address_text(self) -> str | None:
+        """HOST:PORT of the address connected last, None before the first connection."""
+        return f"{self.address[0]}:{self.address[1]}" if self.address else None
+
+    @property
     def connection(self) -> FramedProtocol | None:
         """The current connection, if any (for its addresses)."""
         return self._protocol
@@ -163,9 +164,8 @@ class AcquirerLink:
                 if self._stopping:
                     return
                 self.reconnects += 1
-                heard = self._last_received > self._connected_at
-                if heard or time.monotonic() - self._connected_at >= _STABLE_SECONDS:
-                    attempt = 0  # it worked for a while: reconnect at once, back off afresh
+                if self._connection_worked():
+                    attempt = 0  # reconnect at once, back off afresh
                 # else: dropped before the acquirer said anything (a refused TLS client
                 # certificate, a host that accepts and hangs up): the backoff keeps growing.
             # Exponential backoff with full jitter, so that many gateways do not reconnect
@@ -336,16 +336,19 @@ class AcquirerLink:
         if response_code != "00":
             log.warning("acquirer_network_management_refused", link=self.link_id, code=code)
 
+    def _connection_worked(self) -> bool:
+        """The connection brought a message, or lasted ``_STABLE_SECONDS``."""
+        return (
+            self._last_received > self._connected_at
+            or time.monotonic() - self._connected_at >= _STABLE_SECONDS
+        )
+
     def _on_disconnected(self, exc: Exception | None) -> None:
         if isinstance(exc, ssl.SSLError):
             log.warning(
-                "acquirer_tls_failed", link=self.link_id, address=_address(self), error=str(exc)
+                "acquirer_tls_failed", link=self.link_id, address=self.address_text, error=str(exc)
             )
-        elif (
-            self.settings.tls is not None
-            and self._last_received == self._connected_at
-            and time.monotonic() - self._connected_at < _STABLE_SECONDS
-        ):
+        elif self.settings.tls is not None and not self._connection_worked():
             # With TLS 1.3 the gateway's handshake is done before the acquirer has checked
             # the gateway's certificate: a refusal (none, or one it does not trust) ends a
             # connection that looked up, before the acquirer has said anything, and asyncio
@@ -353,7 +356,7 @@ class AcquirerLink:
             log.warning(
                 "acquirer_closed_before_any_answer",
                 link=self.link_id,
-                address=_address(self),
+                address=self.address_text,
                 error=str(exc) if exc else None,
                 hint="TLS: did the acquirer refuse the gateway's certificate (acquirer.tls_cert)?",
             )

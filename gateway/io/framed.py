@@ -207,19 +207,9 @@ ProtocolFactory = Callable[[], FramedProtocol]
 
 def _report_every_unsent_byte(transport: asyncio.Transport) -> None:
     """Write-buffer limits under which asyncio pauses the protocol for any byte the kernel has
-    not taken (see the module docstring).
-
-    A plain transport pauses above ``high``: 0. A TLS transport pauses at ``high`` or more: 1.
-    A TLS transport also passes its encrypted bytes on to a TCP transport with a buffer of its
-    own; the terminal listener's TLS layer counts that buffer too (``_TerminalTls`` in
-    gateway/io/terminals.py), and here, where it can be reached (asyncio's TLS layer), it gets
-    0 as well, so that bytes stay in the TLS layer's count instead of piling up there.
-    """
-    ssl_protocol = getattr(transport, "_ssl_protocol", None)
-    if transport.get_extra_info("ssl_object") is None:
-        transport.set_write_buffer_limits(high=0)
-        return
-    inner = getattr(ssl_protocol, "_transport", None)
-    if inner is not None:
-        inner.set_write_buffer_limits(high=0)
-    transport.set_write_buffer_limits(high=1)
+    not taken (see the module docstring): a plain transport pauses above ``high``, so 0; a TLS
+    transport at ``high`` or more, so 1. (A TLS layer also hands its bytes on to a TCP transport
+    with a buffer of its own: the terminal listener's counts that one too, ``_TerminalTls`` in
+    gateway/io/terminals.py.)"""
+    tls = transport.get_extra_info("ssl_object") is not None
+    transport.set_write_buffer_limits(high=1 if tls else 0)

@@ -36,7 +36,7 @@ log = structlog.get_logger("gateway.terminals")
 _KEEPALIVE = {"TCP_KEEPIDLE": 60, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 5}
 # How often the server looks for connections to cut, and how often a refusal is logged.
 _SWEEP_SECONDS = 1.0
-_REFUSAL_LOG_SECONDS = 10.0
+_FLOOD_LOG_SECONDS = 10.0
 # At close: how long terminals get to take what was written to them.
 _CLOSE_DRAIN_SECONDS = 1.0
 
@@ -210,7 +210,7 @@ class TerminalServer:
         if error is not None:
             self._tls_failures.add(last_error=str(error) or type(error).__name__)
 
-    def _refuse(self, conn: TerminalConnection) -> None:
+    def _refuse(self, conn: TerminalConnection | asyncio.Transport) -> None:
         self._refusals.add(max_connections=self.limits.max_connections)
         conn.abort()
 
@@ -227,7 +227,7 @@ class TerminalServer:
 
 class _CountedWarning:
     """A warning for something that may come in floods (a port scan, a reconnect storm): said
-    at most every ``_REFUSAL_LOG_SECONDS``, with how many happened since it was last said."""
+    at most every ``_FLOOD_LOG_SECONDS``, with how many happened since it was last said."""
 
     def __init__(self, event: str) -> None:
         self.event = event
@@ -239,7 +239,7 @@ class _CountedWarning:
         self.total += 1
         self._unlogged += 1
         now = time.monotonic()
-        if now - self._logged_at >= _REFUSAL_LOG_SECONDS:
+        if now - self._logged_at >= _FLOOD_LOG_SECONDS:
             log.warning(self.event, count=self._unlogged, **context)
             self._logged_at = now
             self._unlogged = 0
@@ -252,8 +252,7 @@ class _RefusedAtOnce(asyncio.Protocol):
         self._server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._server._refusals.add(max_connections=self._server.limits.max_connections)
-        cast(asyncio.Transport, transport).abort()
+        self._server._refuse(cast(asyncio.Transport, transport))
 
 
 class _TerminalTls(asyncio.sslproto.SSLProtocol):
@@ -269,12 +268,16 @@ class _TerminalTls(asyncio.sslproto.SSLProtocol):
     """
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._tcp_transport = transport
+        # Any byte left in the TCP transport pauses this layer's writing, so that it hears
+        # (resume_writing) when the kernel has taken the last one, and looks again.
+        cast(asyncio.WriteTransport, transport).set_write_buffer_limits(high=0)
         super().connection_made(transport)
 
     def abort(self) -> None:
         """Drop the TCP connection under this layer (a peer still in its handshake)."""
-        cast(asyncio.Transport, self._tcp_transport).abort()
+        tcp = cast(asyncio.Transport | None, self._transport)
+        if tcp is not None:
+            tcp.abort()
 
     def _get_write_buffer_size(self) -> int:
         size: int = super()._get_write_buffer_size()  # type: ignore[misc]  # not in typeshed

@@ -167,6 +167,8 @@ def test_the_simulators_speak_tls_when_asked(tmp_path: Path) -> None:
     assert json.loads(secure.output)["approved"] == 10
     assert json.loads(plain.output)["approved"] == 0  # plain TCP on a TLS port: no answer
     assert "approved (held)      10" in out
+    for text in (secure.output, plain.output, out):  # no card data (redact_text would change it)
+        assert redact_text(text) == text
 
 
 def test_tls_flags_without_what_they_belong_to_are_usage_errors() -> None:

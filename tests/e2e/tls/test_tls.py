@@ -26,7 +26,7 @@ from gateway.sim.rules import Rule
 from gateway.sim.terminals import TerminalClient, TerminalFleet
 from gateway.wire.framing import Frame, encode_frame
 
-from ..harness import Stack, StackFactory, auth, build_service, events
+from ..harness import PAN, PIN_BLOCK, TRACK2, Stack, StackFactory, auth, build_service, events
 
 
 def _pem(tmp_path: Path, name: str, blob: trustme.Blob) -> str:
@@ -78,7 +78,7 @@ async def _tls_stack(
 
 
 async def test_an_approval_and_a_reversal_travel_over_tls_on_both_sides(
-    make_stack: StackFactory, tmp_path: Path, ca: trustme.CA
+    make_stack: StackFactory, tmp_path: Path, ca: trustme.CA, capsys: pytest.CaptureFixture[str]
 ) -> None:
     stack = await _tls_stack(
         make_stack,
@@ -90,12 +90,17 @@ async def test_an_approval_and_a_reversal_travel_over_tls_on_both_sides(
     approved = await terminal.send("0200", auth(1))
     assert approved is not None and approved.get("39") == "00"
     # No answer from the acquirer: the terminal is declined, the reversal goes over TLS too.
-    timed_out = await terminal.send("0200", auth(2, amount=6000))
+    timed_out = await terminal.send("0200", auth(2, amount=6000, track2=True))
     assert timed_out is not None and timed_out.get("39") == "91"
     await stack.acknowledged()
     holds = {hold.key.stan: hold for hold in stack.holds()}
     assert not holds["000001"].released and holds["000002"].released
     assert stack.requests_seen("0400") == 1
+    # Card data: none in the log lines or the events of a run over TLS.
+    said = capsys.readouterr().out + repr(events(stack).events)
+    assert "acquirer_connected" in said  # the log lines were captured
+    for secret in (PAN, TRACK2, PIN_BLOCK):
+        assert secret not in said
 
 
 async def test_a_fleet_over_tls_keeps_the_invariant(

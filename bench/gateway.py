@@ -201,23 +201,23 @@ async def main(quick: bool) -> None:
         # minutes of this shared machine (its speed drifts from one spell to the next).
         paced: dict[str, Run] = {}
 
-        async def paced_pairs(port: int, pid: int, relay_too: bool = False) -> tuple[Run, Run]:
-            direct, through, relayed = [], [], []
+        async def alternating(paths: dict[str, tuple[int, int | None]]) -> dict[str, Run]:
+            """Paced runs through each path in turn, ``repeats`` rounds: medians by path."""
+            runs: dict[str, list[Run]] = {name: [] for name in paths}
             for _ in range(repeats):
-                direct.append(await one_run(sim_port, 10, 4, int(5000 * scale), 1000, None))
-                if relay_too:
-                    relayed.append(
-                        await one_run(relay_port, 10, 4, int(5000 * scale), 1000, relay.pid)
-                    )
-                through.append(await one_run(port, 10, 4, int(5000 * scale), 1000, pid))
-            if relayed:
-                paced["relay"] = median_run(relayed)
-            return median_run(direct), median_run(through)
+                for name, (port, pid) in paths.items():
+                    runs[name].append(await one_run(port, 10, 4, int(5000 * scale), 1000, pid))
+            return {name: median_run(path_runs) for name, path_runs in runs.items()}
 
         # The gateway of the saturated runs: their timers are still falling due, at up to
         # ten times this rate.
-        paced["direct, after saturation"], paced["after saturation"] = await paced_pairs(
-            gw_port, gateway.pid
+        paced.update(
+            await alternating(
+                {
+                    "direct, after saturation": (sim_port, None),
+                    "after saturation": (gw_port, gateway.pid),
+                }
+            )
         )
         gateway.terminate()  # its work must not count against the next one
         # A gateway that has run at this rate for longer than its timers are long.
@@ -228,8 +228,14 @@ async def main(quick: bool) -> None:
         await asyncio.sleep(0.5)
         warm_up = STEADY_AFTER * (0.3 if quick else 1.0)
         await one_run(steady_port, 10, 4, int(1000 * warm_up), 1000, None)
-        paced["direct"], paced["gateway"] = await paced_pairs(
-            steady_port, steady.pid, relay_too=True
+        paced.update(
+            await alternating(
+                {
+                    "direct": (sim_port, None),
+                    "relay": (relay_port, relay.pid),
+                    "gateway": (steady_port, steady.pid),
+                }
+            )
         )
         report = render(rows, paced, repeats)
         print(report)

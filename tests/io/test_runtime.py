@@ -65,6 +65,45 @@ def test_survivors_of_a_young_pass_are_frozen_and_young_garbage_is_collected() -
     assert done.stdout.strip() == "5000"
 
 
+def test_young_passes_run_on_a_timer_when_frees_keep_the_count_down() -> None:
+    """The steady state of a full duplicate window: old requests (frozen) are freed as fast
+    as new ones are made. CPython's count (made minus freed) then stays under the threshold,
+    and without the timer the young generation would grow until a pass of many ms."""
+    script = textwrap.dedent(
+        """
+        import asyncio, gc, sys
+        import uvloop
+        from gateway.io import runtime
+        from gateway.io.runtime import YOUNG_PASS_SECONDS, YOUNG_THRESHOLD, tune_gc, untune_gc
+
+        async def main():
+            tune_gc()
+            old = [[n] for n in range(20000)]
+            gc.collect(0)  # the window's requests, frozen
+            new = []
+            for n in range(20000):
+                new.append([n])
+                old.pop()
+            if sys.version_info < (3, 14):  # CPython's count as 3.11-3.13 keep it
+                assert gc.get_count()[0] < YOUNG_THRESHOLD, gc.get_count()
+                assert len(gc.get_objects(0)) > 20000, "no pass of CPython's own yet"
+            await asyncio.sleep(YOUNG_PASS_SECONDS * 5)
+            young = len(gc.get_objects(0))
+            assert young < 1000, f"{young} objects still young"
+            untune_gc()
+            assert runtime._YoungPasses.handle is None, "untune_gc stops the timer"
+            return len(new)
+
+        print(uvloop.run(main()))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "20000"
+
+
 @pytest.fixture
 def cycles_kept() -> Iterator[list[object]]:
     """Cyclic garbage made while the test runs, kept for inspection instead of freed."""

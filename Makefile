@@ -36,6 +36,7 @@ demo: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.codec
 	$(BIN)/python -m bench.journal
+	$(BIN)/python -m bench.indexes
 	$(BIN)/python -m bench.gateway
 
 clean:

@@ -92,6 +92,7 @@ from gateway.core.reversal import (
 )
 from gateway.core.schedule import DrainPacer, retry_delay
 from gateway.core.settings import CoreSettings
+from gateway.core.sharded import ShardedDict
 from gateway.core.stan import StanAllocator, StanExhausted
 from gateway.core.timers import TimerHeap
 from gateway.core.tracking import (
@@ -213,10 +214,13 @@ class GatewayCore:
 
         # Lookups. Dicts, not sets, wherever the core iterates: command order must never
         # depend on object ids (the simulation replays a seed step for step).
-        self._index: dict[IndexKey, list[_Matchable]] = {}
-        self._by_duplicate: dict[DuplicateKey, Pending] = {}
-        self._by_repeat: dict[RepeatKey, Pending] = {}
-        self._by_terminal: dict[tuple[str | None, str | None], list[Authorization]] = {}
+        # The four that hold every lingering request are sharded: see gateway/core/sharded.py.
+        self._index: ShardedDict[IndexKey, list[_Matchable]] = ShardedDict()
+        self._by_duplicate: ShardedDict[DuplicateKey, Pending] = ShardedDict()
+        self._by_repeat: ShardedDict[RepeatKey, Pending] = ShardedDict()
+        self._by_terminal: ShardedDict[tuple[str | None, str | None], list[Authorization]] = (
+            ShardedDict()
+        )
         self._awaiting: dict[Pending, None] = {}
         self._conn_waits: dict[int, dict[_ConnWait, None]] = {}
         self._deliveries: dict[int, tuple[Authorization, int]] = {}  # ref -> (auth, conn)

@@ -29,6 +29,17 @@ def test_hold_counts_sharers() -> None:
     assert len(stans) == 0
 
 
+def test_a_release_of_a_stan_not_in_use_changes_nothing() -> None:
+    stans = StanAllocator(seed=5)
+    stans.allocate()
+    stans.release("000099")  # a reversal's STAN already released, say
+    stans.release("000099")
+    assert len(stans) == 1
+    stans.hold("000099")
+    stans.hold("000099")
+    assert len(stans) == 2, "one STAN, two holders"
+
+
 def test_exhaustion_is_an_error_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(stan_module, "STAN_MAX", 10)  # the same logic on a small range
     stans = StanAllocator(seed=1)

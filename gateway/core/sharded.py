@@ -4,7 +4,7 @@ CPython grows a dict by rebuilding its whole table, and a dict that sees as many
 inserts (the core's indexes of lingering requests: one in, one out, for every request) is
 rebuilt each time its entries array fills up, however few entries are live. Measured
 (bench/README.md): a rebuild takes ~3 ms at 60,000 live entries (1,000 requests/s over the 60 s
-duplicate window) and ~27 ms at 600,000 (10,000/s); the core's request indexes, filled and
+duplicate window) and ~26 ms at 600,000 (10,000/s); the core's request indexes, filled and
 emptied in step, rebuild in the same insert, so the event loop stopped for ~12 ms at 1,000/s.
 Split 256 ways, each rebuild moves 1/256 of that.
 

@@ -19,7 +19,7 @@ lists). With CPython's generational passes that heap is walked again and again: 
   the young generation as containers made minus containers freed, frozen ones included: once
   the duplicate window is full, the gateway frees old requests as fast as it makes new ones,
   the count hovers near zero, and passes come only when it drifts to 700, seconds apart, each
-  walking every request made since: 3-12 ms at 1,000/s, the whole p99 (bench/README.md). On
+  walking every request made since: 3-12 ms at 1,000/s, most of the p99 (bench/README.md). On
   a timer the young generation never holds more than that interval's survivors.
 
 The price: a reference cycle that is still in use at its first young pass and becomes garbage

@@ -13,6 +13,7 @@ from gateway.config import GatewayConfig
 from gateway.io import runtime
 from gateway.io.runtime import tune_gc
 from gateway.journal.sqlite import SqliteJournal
+from gateway.ops.gc_pauses import PAUSES
 from gateway.ops.journal_errors import JournalErrorLog
 from gateway.ops.logging import configure_logging, flush_logs
 from gateway.ops.metrics import MetricsEndpoint
@@ -98,6 +99,7 @@ async def serve(config: GatewayConfig) -> None:
             started.append(component)
         await service.start()
         tune_gc()  # after start-up and recovery: what is alive now lives as long as the process
+        PAUSES.install()  # iso_gateway_gc_pause_seconds
         await stop.wait()
         log.info("shutdown_requested", grace_seconds=config.gateway.shutdown_grace)
     finally:

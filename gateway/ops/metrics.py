@@ -43,6 +43,7 @@ from gateway.config import parse_hostport
 from gateway.core import notices
 from gateway.core.engine import GatewayCore
 from gateway.core.records import ReversalReason
+from gateway.ops.gc_pauses import PAUSES
 from gateway.wire.dialect import Dialect
 
 log = structlog.get_logger("gateway.metrics")
@@ -313,6 +314,12 @@ class GatewayCollector:
             "Objects out of the cyclic collector's sight (alive since start-up or past a young "
             "pass); follows traffic x duplicate window.",
             value=gc.get_freeze_count(),
+        )
+        yield HistogramMetricFamily(
+            PREFIX + "gc_pause_seconds",
+            "Passes of the cyclic garbage collector, by how long each stopped the event loop.",
+            buckets=PAUSES.cumulative(),
+            sum_value=PAUSES.total_seconds,
         )
 
     def _info(self) -> Iterator[Metric]:

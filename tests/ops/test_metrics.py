@@ -21,6 +21,7 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from gateway.app import _mqtt_publisher
+from gateway.ops.gc_pauses import PAUSES
 from gateway.ops.metrics import GatewayCollector, Histogram, MetricsSink, mti_label
 from gateway.service import ServiceCounters
 from gateway.sim.rules import Rule
@@ -91,6 +92,7 @@ async def test_timeout_reversal_and_approval_move_the_counters(metered: MeteredF
     assert value(after, "iso_gateway_journal_commit_records_sum") >= 3
     # The collector (gateway/io/runtime.py): frozen heap, and passes per generation.
     assert after["iso_gateway_gc_frozen_objects"] == [({}, gc.get_freeze_count())]
+    assert value(after, "iso_gateway_gc_pause_seconds_bucket", le="+Inf") == sum(PAUSES.counts)
     assert {labels["generation"] for labels, _ in after["python_gc_collections_total"]} == {
         "0",
         "1",

@@ -355,12 +355,11 @@ class GatewayCollector:
             "From a request's frame read from the terminal to its bytes written to the "
             "acquirer (decode, journal commit, encode).",
         )
-        late = CounterMetricFamily(
-            PREFIX + "late_responses",
+        yield _counter(
+            "late_responses",
             "Acquirer answers after the gateway gave up (never forwarded).",
+            sink.late_responses,
         )
-        late.add_metric([], sink.late_responses)
-        yield late
         yield _counter_by(
             "unmatched_responses",
             "Acquirer messages that match no request, by reason.",
@@ -477,11 +476,11 @@ class GatewayCollector:
         yield GaugeMetricFamily(
             PREFIX + "terminal_connections_open", "Terminal connections open now.", value=open_now
         )
-        total = CounterMetricFamily(
-            PREFIX + "terminal_connections", "Terminal connections accepted since start."
+        yield _counter(
+            "terminal_connections",
+            "Terminal connections accepted since start.",
+            counters.terminal_connections_total,
         )
-        total.add_metric([], counters.terminal_connections_total)
-        yield total
         terminals = self.service.terminals
         yield _counter(
             "terminal_connections_refused",
@@ -514,11 +513,9 @@ class GatewayCollector:
         )
         errors = getattr(self.service.journal, "commit_errors", None)
         if isinstance(errors, int):
-            family = CounterMetricFamily(
-                PREFIX + "journal_commit_errors", "Journal commits that failed (and were retried)."
+            yield _counter(
+                "journal_commit_errors", "Journal commits that failed (and were retried).", errors
             )
-            family.add_metric([], errors)
-            yield family
 
     def _mqtt(self) -> Iterator[Metric]:
         publisher = self.mqtt() if self.mqtt is not None else None
@@ -533,13 +530,12 @@ class GatewayCollector:
             )
         dropped = getattr(publisher, "dropped", None)
         if dropped is not None:
-            family = CounterMetricFamily(
-                PREFIX + "mqtt_events_dropped",
+            yield _counter(
+                "mqtt_events_dropped",
                 "Events not published: the queue was full (while the broker is away, events queue "
                 "up to mqtt.queue_size).",
+                dropped,
             )
-            family.add_metric([], dropped)
-            yield family
 
 
 def _counter(name: str, documentation: str, count: int) -> Metric:

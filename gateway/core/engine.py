@@ -1926,11 +1926,12 @@ class GatewayCore:
                     self._timers.arm(auth, until)
                 return
         key = (auth.terminal_id, auth.stan)
-        candidates = self._by_terminal.get(key)
+        by_terminal = self._by_terminal.shard(key)
+        candidates = by_terminal.get(key)
         if candidates is not None and auth in candidates:
             candidates.remove(auth)
             if not candidates:
-                del self._by_terminal[key]
+                del by_terminal[key]
         auth.reversal = None  # let it go
         self._timers.cancel(auth)
 
@@ -1961,10 +1962,12 @@ class GatewayCore:
         self._lingering -= 1
         self._timers.cancel(pending)
         self._unindex(pending.index_key, pending)
-        if self._by_duplicate.get(pending.dup_key) is pending:
-            del self._by_duplicate[pending.dup_key]
-        if self._by_repeat.get(pending.repeat_key) is pending:
-            del self._by_repeat[pending.repeat_key]
+        by_duplicate = self._by_duplicate.shard(pending.dup_key)
+        if by_duplicate.get(pending.dup_key) is pending:
+            del by_duplicate[pending.dup_key]
+        by_repeat = self._by_repeat.shard(pending.repeat_key)
+        if by_repeat.get(pending.repeat_key) is pending:
+            del by_repeat[pending.repeat_key]
         if pending.owns_stan and pending.acquirer_stan is not None:
             self._stans.release(pending.acquirer_stan)
         auth = pending.auth
@@ -1978,11 +1981,12 @@ class GatewayCore:
             self._forget_auth_if_done(auth, now)
 
     def _unindex(self, key: IndexKey, item: _Matchable) -> None:
-        candidates = self._index.get(key)
+        index = self._index.shard(key)
+        candidates = index.get(key)
         if candidates is not None:
             candidates.remove(item)
             if not candidates:
-                del self._index[key]
+                del index[key]
 
     def _rebuilt_answer_fields(self, pending: Pending, auth: Authorization) -> dict[str, str]:
         """The answer to a request answered before a restart: its echo fields, the acquirer's

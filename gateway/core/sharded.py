@@ -8,7 +8,8 @@ duplicate window) and ~26 ms at 600,000 (10,000/s); the core's request indexes, 
 emptied in step, rebuild in the same insert, so the event loop stopped for ~12 ms at 1,000/s.
 Split 256 ways, each rebuild moves 1/256 of that.
 
-Only what the core uses: point lookups, inserts, deletes and an unordered walk of the values
+Only what the core uses: point lookups, inserts, deletes, the shard of a key (to look up and
+then delete at one hash) and an unordered walk of the values
 (the core never lets the order of a walk reach its commands: hashes of strings differ from one
 process to the next).
 """
@@ -38,6 +39,10 @@ class ShardedDict(Generic[K, V]):
     def get(self, key: K, default: D) -> V | D: ...
     def get(self, key: K, default: object = None) -> object:
         return self._shards[hash(key) & _MASK].get(key, default)
+
+    def shard(self, key: K) -> dict[K, V]:
+        """The one dict that holds ``key``: several operations on a key for one hash."""
+        return self._shards[hash(key) & _MASK]
 
     def setdefault(self, key: K, default: V) -> V:
         return self._shards[hash(key) & _MASK].setdefault(key, default)

@@ -29,6 +29,7 @@ def test_it_answers_as_one_dict_would(ops: list[tuple[str, tuple[str | None, str
         assert sharded.get(key) == model.get(key)
         assert sharded.get(key, -1) == model.get(key, -1)
         assert (key in sharded) == (key in model)
+        assert (key in sharded.shard(key)) == (key in model)
     assert len(sharded) == len(model)
     assert bool(sharded) == bool(model)
     assert sorted(sharded.values()) == sorted(model.values())
